@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from .config import Settings, configure_logging, load_settings, read_environment
@@ -17,8 +18,11 @@ log = logging.getLogger("llmbot")
 
 
 def _settings(env_file: str) -> Settings | None:
+    env = read_environment(env_file)
+    if env.get("TIKTOKEN_CACHE_DIR"):  # read by tiktoken itself, so it must reach the process environment
+        os.environ["TIKTOKEN_CACHE_DIR"] = env["TIKTOKEN_CACHE_DIR"]
     try:
-        return load_settings(read_environment(env_file))
+        return load_settings(env)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
