@@ -58,8 +58,11 @@ class Bot:
         self.chat = chat
         self.llm = llm
         self.system_prompt = system_prompt
-        self.store: ConversationStore = store or MemoryStore(settings.conversation_ttl, settings.max_bound_threads, clock)
-        self.tokenizer = tokenizer or load_tokenizer(settings.model)
+        # `is None`, not `or`: an empty MemoryStore has len() 0 and is falsy
+        self.store: ConversationStore = (
+            store if store is not None else MemoryStore(settings.conversation_ttl, settings.max_bound_threads, clock)
+        )
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
         self.clock = clock
         self.now = now
         self.edit_interval = edit_interval

@@ -202,17 +202,26 @@ class FakeMattermost:
         return self.add_channel(f"{a}__{b}", type="D", team_id="", members=(a, b), display_name="")
 
     async def post_as(self, user: dict | str, channel: dict | str, message: str, *, root_id: str = "",
-                      props: dict | None = None, file_ids: list | None = None, type: str = "") -> dict:
-        """Create a post as `user` (same rules as REST) and broadcast `posted`."""
+                      props: dict | None = None, file_ids: list | None = None, type: str = "",
+                      broadcast: bool = True, check_root: bool = True) -> dict:
+        """Create a post as `user` (same rules as REST) and broadcast `posted`.
+
+        broadcast=False builds history silently (big threads); check_root=False
+        lets a test simulate an event racing a root's deletion.
+        """
         uid, cid = _id_of(user), _id_of(channel)
         if uid not in self.members.get(cid, []):
             raise ValueError(f"user {uid} is not a member of channel {cid}")
-        try:
-            self._check_root(cid, root_id)
-        except ApiError as e:
-            raise ValueError(e.message) from None
+        if check_root:
+            try:
+                self._check_root(cid, root_id)
+            except ApiError as e:
+                raise ValueError(e.message) from None
+        elif root_id not in self.posts:
+            raise ValueError(f"no post {root_id}")
         post = self._store_post(uid, cid, message, root_id=root_id, props=props, file_ids=file_ids, type=type)
-        await self._broadcast_posted(post)
+        if broadcast:
+            await self._broadcast_posted(post)
         return copy.deepcopy(post)
 
     async def add_system_post(self, channel: dict | str, root_id: str = "", type: str = "system_join_channel",

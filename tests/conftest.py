@@ -1,0 +1,160 @@
+"""Shared fixtures: a clean environment, settings, and the bot wired to loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from llmbot.app import Bot
+from llmbot.config import Settings, load_settings
+from llmbot.conversations import MemoryStore
+from llmbot.llm import OpenAIChat
+from llmbot.mattermost import MattermostChat
+from llmbot.prompts import load_system_prompt
+from llmbot.tokens import load_tokenizer
+from tests.loopback.fake_mattermost import FakeMattermost
+from tests.loopback.fake_openai import FakeOpenAI
+
+_OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never depend on the machine's settings; tiktoken's cache starts empty per session."""
+    for name in list(os.environ):
+        if name.startswith(_OWN_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(_session_cache(tmp_path_factory)))
+
+
+_cache_dir: list[str] = []
+
+
+def _session_cache(factory: pytest.TempPathFactory) -> str:
+    if not _cache_dir:
+        _cache_dir.append(str(factory.mktemp("tiktoken-cache")))
+    return _cache_dir[0]
+
+
+@dataclass
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def mm() -> AsyncIterator[FakeMattermost]:
+    server = FakeMattermost()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def llm_server() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def make_settings(mm: FakeMattermost, llm_server: FakeOpenAI, **overrides: str) -> Settings:
+    env = {
+        "MATTERMOST_URL": mm.url,
+        "MATTERMOST_TOKEN": mm.bot_token,
+        "OPENAI_API_KEY": llm_server.api_key,
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "LLMBOT_REQUEST_TIMEOUT": "5",
+        "LLMBOT_LLM_TIMEOUT": "10",
+    }
+    env.update(overrides)
+    return load_settings(env)
+
+
+@dataclass
+class Running:
+    """A bot connected to the fakes, plus the handles tests need."""
+
+    bot: Bot
+    mm: FakeMattermost
+    llm: FakeOpenAI
+    clock: FakeClock
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def me(self) -> dict:
+        return self.mm.bot
+
+    def replies(self, root_id: str) -> list[dict]:
+        """The bot's posts in a thread, oldest first."""
+        return [p for p in self.mm.thread(root_id) if p["user_id"] == self.mm.bot["id"]]
+
+    async def wait_replies(self, root_id: str, count: int, timeout: float = 5.0) -> list[dict]:
+        await self.mm.wait_for(lambda: len(self.replies(root_id)) >= count, timeout=timeout)
+        await self.bot.idle()
+        return self.replies(root_id)
+
+    async def settle(self, channel: dict, user: dict) -> None:
+        """Wait until every event sent so far was processed: a marker call in its own thread
+        is answered only after the events before it went through the (ordered) socket."""
+        before = len(self.llm.requests)
+        marker = await self.mm.post_as(user, channel, "gpt marker, please answer")
+        await self.wait_replies(marker["id"], 1)
+        assert len(self.llm.requests) == before + 1
+
+
+@pytest.fixture
+async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock) -> AsyncIterator[Callable[..., object]]:
+    """`await start_bot(**env_overrides)` -> a Running bot; stopped after the test."""
+    running: list[Running] = []
+
+    async def start(*, edit_interval: float = 1.0, **overrides: str) -> Running:
+        settings = make_settings(mm, llm_server, **overrides)
+        bot = Bot(
+            settings,
+            MattermostChat(settings),
+            OpenAIChat(settings, max_retries=0),
+            load_system_prompt(settings.system_prompt_file),
+            store=MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock),
+            tokenizer=load_tokenizer(settings.model),
+            edit_interval=edit_interval,
+        )
+        await bot.start()
+        run = Running(bot, mm, llm_server, clock)
+        running.append(run)
+        run.tasks.append(asyncio.create_task(bot.chat.listen(bot.on_frame)))
+        await mm.wait_for(lambda: mm.ws_clients >= len(running), timeout=5)
+        await asyncio.sleep(0.05)  # let the hello/OK frames through before the test posts
+        return run
+
+    yield start
+
+    for run in running:
+        for task in run.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await run.bot.idle()
+        await run.bot.chat.close()
+        await run.bot.llm.close()
