@@ -91,7 +91,6 @@ class Bot:
                 bot_name=me.username,
                 context_tokens=self.settings.max_context_tokens,
                 reply_tokens=self.settings.max_reply_tokens,
-                end_word=self.settings.end_words[0],
                 clock=self.clock,
                 now=self.now,
                 edit_interval=self.edit_interval,

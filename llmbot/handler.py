@@ -103,7 +103,6 @@ class ChatHandler:
         bot_name: str,
         context_tokens: int,
         reply_tokens: int,
-        end_word: str,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         edit_interval: float = 1.0,
@@ -117,7 +116,6 @@ class ChatHandler:
         self.bot_name = bot_name
         self.context_tokens = context_tokens
         self.reply_tokens = reply_tokens
-        self.end_word = end_word
         self.clock = clock
         self.now = now
         self.edit_interval = edit_interval

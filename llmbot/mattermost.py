@@ -53,10 +53,13 @@ def translate(exc: BaseException) -> ChatError:
         return ChatRateLimited(message)
     if isinstance(exc, (mm.InvalidOrMissingParameters, mm.ContentTooLarge)):
         return ChatBadRequest(message)
-    if isinstance(exc, mm.UnknownMattermostError):
-        status = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
-        return ChatUnavailable(message, status)
-    if isinstance(exc, (httpx.HTTPError, mm.InvalidMattermostError, OSError, asyncio.TimeoutError, ValueError)):
+    if isinstance(exc, mm.MattermostError):  # 5xx and the rarer 4xx (405, 501)
+        status = exc.status_code
+        error = ChatUnavailable if status >= 500 else ChatError
+        return error(f"Mattermost answered {status}: {message}", status)
+    if isinstance(exc, mm.InvalidMattermostError):  # an error without Mattermost's JSON body (proxy pages)
+        return ChatUnavailable(f"Mattermost answered {exc.status_code} with an unreadable body", exc.status_code)
+    if isinstance(exc, (httpx.HTTPError, OSError, asyncio.TimeoutError, ValueError)):
         return ChatUnavailable(f"Mattermost could not be reached: {message}")
     return ChatUnavailable(f"unexpected Mattermost client error: {type(exc).__name__}: {message}")
 
@@ -75,7 +78,9 @@ class _SocketWithSend(Websocket):
 class MattermostChat:
     """REST calls and the event socket, in the bot's terms."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, max_retries: int = 3
+    ) -> None:
         url = settings.mattermost_url
         options: dict[str, Any] = {
             "url": url.host,
@@ -85,7 +90,7 @@ class MattermostChat:
             "request_timeout": settings.request_timeout,
             "keepalive": True,
             "keepalive_delay": 5,
-            "max_retries": 3,
+            "max_retries": max_retries,  # 429 on any call, 502-504 and transport errors on GET/PUT
         }
         if transport is not None:
             options["transport"] = transport

@@ -1,0 +1,101 @@
+"""`llmbot check` and `llmbot run` as an admin meets them: one clear line per problem, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from llmbot.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """`llmbot run` configures the root logger; give the next test its own back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def write_env(path: Path, **values: str) -> str:
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return str(path)
+
+
+def env_for(mm, llm_server, **overrides: str) -> dict[str, str]:
+    values = {
+        "MATTERMOST_URL": mm.url,
+        "MATTERMOST_TOKEN": mm.bot_token,
+        "OPENAI_API_KEY": llm_server.api_key,
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "LLMBOT_REQUEST_TIMEOUT": "2",
+    }
+    values.update(overrides)
+    return values
+
+
+async def run_cli(*argv: str) -> int:
+    # main() runs its own event loop; the fakes live in this one, so run it in a thread
+    return await asyncio.to_thread(main, list(argv))
+
+
+class TestCheck:
+    async def test_a_good_setup_passes_with_one_ok_line_per_server(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
+        assert await run_cli("--env-file", env, "check") == 0
+        out = capsys.readouterr().out
+        assert "ok: Mattermost" in out and "@llmbot" in out
+        assert "ok: the LLM server answers" in out
+
+    async def test_a_rejected_token_and_an_unknown_model_are_both_reported(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="nope-nope", LLMBOT_MODEL="gpt-9"))
+        assert await run_cli("--env-file", env, "check") == 1
+        err = capsys.readouterr().err
+        assert "MATTERMOST_TOKEN" in err
+        assert "LLMBOT_MODEL" in err and "gpt-9" in err
+        assert "nope-nope" not in err
+
+    async def test_an_unreachable_llm_is_reported(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, OPENAI_BASE_URL="http://127.0.0.1:9/v1"))
+        assert await run_cli("--env-file", env, "check") == 1
+        assert "could not be reached" in capsys.readouterr().err
+
+    def test_bad_settings_exit_2_naming_every_variable(self, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", MATTERMOST_URL="chat.example.com", LLMBOT_CONVERSATION_TTL="soon")
+        assert main(["--env-file", env, "check"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        for name in ("MATTERMOST_URL", "MATTERMOST_TOKEN", "OPENAI_API_KEY", "LLMBOT_CONVERSATION_TTL"):
+            assert sum(name in line for line in err) == 1
+
+
+class TestRun:
+    async def test_a_revoked_token_stops_run_with_a_clear_error_and_no_secret(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="revoked-token-xyz", LLMBOT_LOG_LEVEL="DEBUG"))
+        assert await run_cli("--env-file", env, "run") == 1
+        err = capsys.readouterr().err
+        assert "check MATTERMOST_TOKEN" in err
+        assert "revoked-token-xyz" not in err
+
+    def test_a_prompt_file_with_an_unknown_variable_stops_run_before_connecting(self, tmp_path, capsys):
+        prompt = tmp_path / "prompt.md"
+        prompt.write_text("You are $bot_name in $room.")
+        env = write_env(
+            tmp_path / ".env",
+            MATTERMOST_URL="http://127.0.0.1:9",
+            MATTERMOST_TOKEN="t" * 26,
+            OPENAI_API_KEY="k",
+            LLMBOT_SYSTEM_PROMPT_FILE=str(prompt),
+        )
+        assert main(["--env-file", env, "run"]) == 2
+        assert "$room" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+    def test_help_exits_cleanly(self, argv, capsys):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        assert "llmbot" in capsys.readouterr().out
