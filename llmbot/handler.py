@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .context import Speaker, build_messages, participants
-from .errors import ChatError, ChatNotFound, LLMError
+from .errors import ChatError, ChatForbidden, ChatNotFound, LLMError
 from .events import Posted
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
@@ -35,6 +35,7 @@ from .triggers import trigger_word
 log = logging.getLogger(__name__)
 
 TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
+FINAL_RETRY_AFTER = 1.0  # seconds before the last attempt to post a finished answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +145,12 @@ class ChatHandler:
         async with self._typing(turn) as stop_typing:
             try:
                 thread = await self.chat.get_thread(turn.thread_id)
-            except ChatNotFound as exc:
-                raise TurnAborted(f"thread {turn.thread_id} is gone: {exc}") from exc
+            except (ChatNotFound, ChatForbidden) as exc:
+                raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
+            except ChatError as exc:
+                log.warning("thread %s: cannot read the thread: %s", turn.thread_id, exc)
+                await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
+                return
             newest = newest_human_post(thread, self.speaker.user_id)
             if newest is None or already_answered(thread, newest, self.speaker.user_id):
                 log.info("thread %s: nothing new to answer", turn.thread_id)
@@ -182,22 +187,27 @@ class ChatHandler:
         throttle = EditThrottle(self.clock, self.edit_interval)
         started = self.clock()
         try:
-            async for delta in self.llm.stream(messages, self.reply_tokens):
-                pages.add(delta)
-                if not posted and not pages.text.strip():
-                    continue  # never create an empty post
-                if not posted or throttle.due():
-                    stop_typing()
-                    await self._sync(turn, pages, posted, props)
-                    throttle.mark()
-            await self._sync(turn, pages, posted, props)
+            async with contextlib.aclosing(self.llm.stream(messages, self.reply_tokens)) as deltas:
+                async for delta in deltas:
+                    pages.add(delta)
+                    if not posted and not pages.text.strip():
+                        continue  # never create an empty post
+                    if not posted or throttle.due():
+                        stop_typing()
+                        await self._try_sync(turn, pages, posted, props)  # a failed edit is retried next time
+                        throttle.mark()
         except LLMError as exc:
-            await self._salvage(turn, pages, posted, props)
-            await self._post(turn, f"⚠️ I could not finish this answer: {exc.reason}. Please try again.", KIND_NOTICE, answers=answers)
+            await self._try_sync(turn, pages, posted, props)  # keep the partial answer
+            await self._notice(turn, f"⚠️ I could not finish this answer: {exc.reason}. Please try again.", answers)
             return
-        if not posted:
-            await self._post(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", KIND_NOTICE, answers=answers)
+        if not pages.text.strip():
+            await self._notice(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", answers)
             return
+        if not await self._try_sync(turn, pages, posted, props):
+            await asyncio.sleep(FINAL_RETRY_AFTER)
+            if not await self._try_sync(turn, pages, posted, props):
+                await self._notice(turn, "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", answers)
+                return
         log.info(
             "thread %s: answered in %d post(s), %d chars, %.2fs",
             turn.thread_id, len(posted), len(pages.text), self.clock() - started,
@@ -217,14 +227,23 @@ class ChatHandler:
                 post = await self.chat.create_post(turn.channel_id, text, turn.thread_id, props)
                 posted.append((post.id, text))
 
-    async def _salvage(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> None:
-        """Keep the partial answer in the thread after a failure."""
-        if not pages.text.strip():
-            return
+    async def _try_sync(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> bool:
+        """_sync, where a passing Mattermost failure is logged and reported as False."""
         try:
             await self._sync(turn, pages, posted, props)
+        except (ChatNotFound, ChatForbidden) as exc:
+            raise TurnAborted(f"thread {turn.thread_id} cannot be answered: {exc}") from exc
         except ChatError as exc:
-            log.warning("thread %s: partial answer not saved: %s", turn.thread_id, exc)
+            log.warning("thread %s: updating the answer failed: %s", turn.thread_id, exc)
+            return False
+        return True
+
+    async def _notice(self, turn: Turn, message: str, answers: str) -> None:
+        """Best effort: a short notice in the thread; if even that fails, a log line."""
+        try:
+            await self._post(turn, message, KIND_NOTICE, answers=answers)
+        except ChatError as exc:
+            log.warning("thread %s: notice not posted (%s): %s", turn.thread_id, exc, message)
 
     async def _post(self, turn: Turn, message: str, kind: str, *, answers: str) -> None:
         props = {PROP_HANDLER: self.spec.name, PROP_KIND: kind, PROP_ANSWERS: answers}

@@ -311,3 +311,44 @@ class TestOneTurnAtATime:
         assert answers in (["first answer"], ["first answer", "second answer"])
         last_request = [m["content"] for m in user_turns(llm_server.requests[-1])]
         assert last_request[-1] == "@bob: three"
+
+
+class TestMattermostFaults:
+    async def test_a_reply_that_failed_to_post_is_retried_once_and_posted_once(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        mm.fail_next("POST", r"/api/v4/posts$", 500)
+        llm_server.enqueue(["Hello", " there"], delay=0.05)
+        post = await mm.post_as(world.alice, world.town, "gpt hello")
+        (reply,) = await run.wait_replies(post["id"], 1)
+        assert reply["message"] == "Hello there"
+        assert reply["props"][PROP_KIND] != KIND_NOTICE
+
+    async def test_a_reply_that_cannot_be_posted_gets_a_notice_instead(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        mm.fail_next("POST", r"/api/v4/posts$", 500, times=3)
+        post = await mm.post_as(world.alice, world.town, "gpt hello")
+        (notice,) = await run.wait_replies(post["id"], 1)
+        assert notice["props"][PROP_KIND] == KIND_NOTICE
+        assert "Mattermost returned an error" in notice["message"]
+
+    async def test_an_unreadable_thread_gets_a_notice_and_the_bot_keeps_going(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        mm.fail_next("GET", r"/thread$", 500)  # the driver retries only 502-504
+        post = await mm.post_as(world.alice, world.town, "gpt hello")
+        (notice,) = await run.wait_replies(post["id"], 1, timeout=15)
+        assert "could not read this thread" in notice["message"]
+        assert llm_server.requests == []
+        again = await mm.post_as(world.alice, world.town, "gpt hello again")
+        assert (await run.wait_replies(again["id"], 1))[0]["message"] == "ok"
+
+    async def test_a_forbidden_thread_is_dropped_without_retrying(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        root = await mm.post_as(world.alice, world.town, "gpt hi")
+        await run.wait_replies(root["id"], 1)
+        mm.fail_next("GET", r"/thread$", 403)
+        mm.reset_requests()
+        await mm.post_as(world.alice, world.town, "more", root_id=root["id"])
+        await mm.wait_for(lambda: any(r[1].endswith("/thread") for r in mm.requests))
+        await run.bot.idle()
+        assert await run.bot.store.get(root["id"]) is None
+        assert len(run.replies(root["id"])) == 1
