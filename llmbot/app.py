@@ -116,6 +116,8 @@ class Bot:
         if not isinstance(event, Posted):
             if isinstance(event, Hello):
                 log.info("websocket connected (%s)", event.connection_id)
+            elif event.malformed:
+                log.warning("websocket frame skipped: %s (%d chars)", event.reason, len(raw))
             return
         me = self.me
         if me is None or not self._accepting:

@@ -37,6 +37,7 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Ignored:
     reason: str
+    malformed: bool = False  # the frame itself was broken, not just uninteresting
 
 
 Event = Posted | Hello | Ignored
@@ -48,21 +49,23 @@ def parse_frame(raw: Any) -> Event:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return Ignored("frame is not UTF-8")
+            return Ignored("frame is not UTF-8", malformed=True)
     if not isinstance(raw, str):
-        return Ignored("frame is not text")
+        return Ignored("frame is not text", malformed=True)
     try:
         frame = json.loads(raw)
     except (ValueError, RecursionError):
-        return Ignored("frame is not JSON")
+        return Ignored("frame is not JSON", malformed=True)
     if not isinstance(frame, dict):
-        return Ignored("frame is not a JSON object")
+        return Ignored("frame is not a JSON object", malformed=True)
     event = frame.get("event")
     if event is None:
-        return Ignored("reply to a client action" if "seq_reply" in frame else "frame without event")
+        if "seq_reply" in frame:
+            return Ignored("reply to a client action")
+        return Ignored("frame without event", malformed=True)
     data = frame.get("data")
     if not isinstance(data, dict):
-        return Ignored(f"{_short(event)} without data")
+        return Ignored(f"{_short(event)} without data", malformed=True)
     if event == "hello":
         broadcast = frame.get("broadcast")
         user_id = broadcast.get("user_id") if isinstance(broadcast, dict) else ""
@@ -77,10 +80,10 @@ def _posted(data: dict[str, Any]) -> Event:
     try:
         post_json = json.loads(raw_post) if isinstance(raw_post, str) else raw_post
     except (ValueError, RecursionError):
-        return Ignored("posted: post is not JSON")
+        return Ignored("posted: post is not JSON", malformed=True)
     post = post_from_json(post_json)
     if post is None:
-        return Ignored("posted: post lacks id or channel_id")
+        return Ignored("posted: post lacks id or channel_id", malformed=True)
     return Posted(
         post=post,
         channel_type=_str(data.get("channel_type")),

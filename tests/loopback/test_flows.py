@@ -216,12 +216,13 @@ class TestBadInput:
         assert len(llm_server.requests) == 3  # two answers and the marker; nothing for the deleted thread
         assert await run.bot.store.get(root["id"]) is None
 
-    async def test_a_malformed_websocket_frame_is_skipped(self, start_bot, world, mm, llm_server):
+    async def test_a_malformed_websocket_frame_is_logged_and_skipped(self, start_bot, world, mm, llm_server, caplog):
         run = await start_bot()
         for garbage in ("not json", "[1,2]", '{"event":"posted","data":{"post":"{broken"}}', '{"event":"posted"}', "\x00\xff"):
             await mm.send_raw(garbage)
         post = await mm.post_as(world.alice, world.town, "gpt still alive?")
         assert (await run.wait_replies(post["id"], 1))[0]["message"] == "ok"
+        assert caplog.text.count("websocket frame skipped") == 5
 
     async def test_an_llm_error_mid_stream_keeps_the_partial_text_and_posts_a_notice(self, start_bot, world, mm, llm_server):
         run = await start_bot()
