@@ -144,7 +144,7 @@ class _Parser:
             port = parts.port
         except ValueError:
             port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        if parts.scheme not in ("http", "https") or not parts.hostname or port in (-1, 0):
             self.problems.append(
                 f"{name}={value!r} is not a full URL: use e.g. https://chat.example.com or http://127.0.0.1:8065"
             )

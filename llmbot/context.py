@@ -144,6 +144,6 @@ def participants(thread: Thread, me: Speaker, names: Mapping[str, str]) -> list[
     """Usernames of the humans in the thread, in order of first appearance."""
     seen: dict[str, None] = {}
     for post in thread.posts:
-        if post.user_id and post.user_id != me.user_id and not post.from_bot and not post.is_system:
+        if post.user_id and post.user_id != me.user_id and not (post.from_bot or post.from_webhook or post.is_system):
             seen.setdefault(names.get(post.user_id) or post.user_id[:8], None)
     return list(seen)

@@ -50,18 +50,22 @@ class ReplyPages:
 
 def split_page(text: str, limit: int) -> tuple[str, str]:
     """Split `text` into a page of at most `limit` runes and the rest, at a natural break."""
-    reserve = 8  # room for closing a fence at the cut
-    window = text[: max(limit - reserve, 1)]
-    cut = _break_point(window)
-    head, rest = text[:cut], text[cut:]
-    fence = open_fence(head)
-    if fence is not None:
+    reserve = 8  # room for closing a fence at the cut; grows for unusually long fence markers
+    for _ in range(3):
+        window = text[: max(limit - reserve, 1)]
+        cut = _break_point(window)
+        head, rest = text[:cut], text[cut:]
+        fence = open_fence(head)
+        if fence is None:
+            return head, rest
         opener, marker = fence
-        if len(opener) > limit // 4:  # an absurd info string: do not carry it over
-            opener = marker
-        head = head.rstrip("\n") + "\n" + marker
-        rest = opener + "\n" + rest.lstrip("\n")
-    return head, rest
+        closed = head.rstrip("\n") + "\n" + marker
+        if len(closed) <= limit:
+            if len(opener) > limit // 4:  # an absurd info string: do not carry it over
+                opener = marker
+            return closed, opener + "\n" + rest.lstrip("\n")
+        reserve += len(closed) - limit
+    return text[:limit], text[limit:]  # a fence marker as long as the page: cut without closing it
 
 
 def _break_point(window: str) -> int:

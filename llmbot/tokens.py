@@ -35,6 +35,7 @@ _BUNDLED = {"cl100k_base": ("tiktoken_ext", "data/cl100k_base.tiktoken")}  # pac
 MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 CUT_MARKER = "\n[… {n} tokens cut …]\n"
+SHORT_CUT_MARKER = "[…]"
 
 
 def cache_dir() -> Path:
@@ -58,8 +59,8 @@ def seed_cache(directory: Path) -> None:
     """Copy the BPE files shipped in Python packages into tiktoken's cache, verified by sha256."""
     for name, (package, inner) in _BUNDLED.items():
         target = directory / cache_file_name(name)
-        if target.exists():
-            continue
+        if target.exists() and _sha256_of(target) == ENCODING_FILES[name][1]:
+            continue  # a wrong file would make tiktoken delete it and try to download
         try:
             source = resources.files(package).joinpath(inner)
             data = source.read_bytes()
@@ -72,6 +73,13 @@ def seed_cache(directory: Path) -> None:
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(data)
         shutil.move(tmp, target)
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 class Tokenizer:
@@ -101,22 +109,39 @@ class Tokenizer:
         total = self.count(text)
         if total <= max_tokens:
             return text
-        keep = max(max_tokens - self.count(CUT_MARKER.format(n=total)) - 2, 2)
+        marker_cost = self.count(CUT_MARKER.format(n=total))
+        if marker_cost + 2 > max_tokens:  # no room for head, tail and the full marker
+            return SHORT_CUT_MARKER if self.count(SHORT_CUT_MARKER) <= max_tokens else ""
+        keep = max_tokens - marker_cost - 2  # 2: tokens may merge differently at the seams
         head_n, tail_n = (keep + 1) // 2, keep // 2
         if self._encode is not None and self._decode is not None:
             tokens = self._encode(text)
             head = self._decode(tokens[:head_n]).rstrip("\ufffd")
             tail = self._decode(tokens[len(tokens) - tail_n :]).lstrip("\ufffd")
         else:
-            per_token = len(text) / total
-            head = text[: int(head_n * per_token)]
-            tail = text[len(text) - int(tail_n * per_token) :]
+            head = _prefix_within(text, _estimate_bytes(head_n))
+            tail = _prefix_within(text[::-1], _estimate_bytes(tail_n))[::-1]
         return head + CUT_MARKER.format(n=total - keep) + tail
 
 
+# A byte-level BPE token is at least one byte; real text runs from ~4 bytes a token (English)
+# down to ~1.3 (emoji, dense JSON). 0.75 tokens a byte errs high for all of those.
+ESTIMATE_TOKENS_PER_BYTE = 0.75
+
+
 def estimate_tokens(text: str) -> int:
-    """Errs high: about 2.5 UTF-8 bytes a token (English runs near 4, CJK near 3)."""
-    return math.ceil(len(text.encode("utf-8", "surrogatepass")) / 2.5)
+    """A conservative token count for when no encoding is available."""
+    return math.ceil(len(text.encode("utf-8", "surrogatepass")) * ESTIMATE_TOKENS_PER_BYTE)
+
+
+def _estimate_bytes(tokens: int) -> int:
+    return int(tokens / ESTIMATE_TOKENS_PER_BYTE)
+
+
+def _prefix_within(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose UTF-8 encoding fits in `max_bytes`."""
+    encoded = text.encode("utf-8", "surrogatepass")[:max_bytes]
+    return encoded.decode("utf-8", "ignore")
 
 
 @functools.cache
