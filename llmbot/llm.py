@@ -22,6 +22,9 @@ def translate(exc: BaseException, model: str) -> LLMError:
     """Map an SDK or transport failure to an LLMError whose reason is safe to post."""
     if isinstance(exc, LLMError):
         return exc
+    if isinstance(exc, openai.APIConnectionError) and _refused(exc):
+        # the aiohttp transport reports a refused connection as a connect *timeout*
+        return LLMError("the language model server could not be reached", retryable=True)
     if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
         return LLMError("the language model took too long to answer", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
@@ -42,6 +45,18 @@ def translate(exc: BaseException, model: str) -> LLMError:
     return LLMError("the language model stopped in the middle of the answer", retryable=True)
 
 
+def _refused(exc: BaseException) -> bool:
+    """Does the cause chain hold an OS-level connection failure (refused, unreachable, DNS)?"""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class OpenAIChat:
     """Chat completions from any OpenAI-compatible server (OpenAI, Azure, vLLM, Ollama...)."""
 
@@ -54,6 +69,7 @@ class OpenAIChat:
             base_url=settings.openai_base_url,
             timeout=settings.llm_timeout,
             max_retries=max_retries,
+            http_client=openai.DefaultAioHttpClient(),  # aiohttp: far less CPU per request than httpcore
         )
         # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
         self._limit_param = "max_tokens"

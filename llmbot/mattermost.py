@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from cachetools import LRUCache
+from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver, Websocket
 from mattermostautodriver import exceptions as mm
 
@@ -92,8 +93,9 @@ class MattermostChat:
             "keepalive_delay": 5,
             "max_retries": max_retries,  # 429 on any call, 502-504 and transport errors on GET/PUT
         }
-        if transport is not None:
-            options["transport"] = transport
+        # aiohttp under httpx: the driver's default httpcore pool costs several times more CPU
+        # per request when hundreds of turns run at once (see bench/bench_concurrency.py).
+        options["transport"] = transport if transport is not None else AiohttpTransport()
         self._driver = AsyncTypedDriver(options)
         self._names: LRUCache[str, str] = LRUCache(maxsize=50_000)
         self._socket: _SocketWithSend | None = None

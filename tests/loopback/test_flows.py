@@ -226,7 +226,7 @@ class TestBadInput:
 
     async def test_an_llm_error_mid_stream_keeps_the_partial_text_and_posts_a_notice(self, start_bot, world, mm, llm_server):
         run = await start_bot()
-        llm_server.enqueue(["The answer", " is forty"], fail_after=2)
+        llm_server.enqueue(["The answer", " is forty"], fail_after=2, delay=0.05)
         post = await mm.post_as(world.alice, world.town, "gpt what is six times seven?")
         partial, notice = await run.wait_replies(post["id"], 2)
         assert partial["message"] == "The answer is forty"
