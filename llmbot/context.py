@@ -47,27 +47,69 @@ def chat_name(username: str) -> str:
     return _NAME_UNSAFE.sub("_", username)[:64] or "user"
 
 
+def post_turn(post: Post, me: Speaker, names: Mapping[str, str]) -> ChatMessage | None:
+    """The chat turn one post stands for, or None if it is not part of the conversation."""
+    if post.delete_at or post.is_system:
+        return None
+    if post.user_id == me.user_id:
+        if post.llmbot_kind not in (None, KIND_ANSWER) or not post.message:
+            return None  # notices, usage hints and goodbyes are not part of the conversation
+        return ChatMessage("assistant", post.message)
+    if post.from_bot or post.from_webhook or not post.user_id:
+        return None
+    text = _human_text(post, me)
+    if not text:
+        return None
+    username = names.get(post.user_id) or post.user_id[:8]
+    return ChatMessage("user", f"@{username}: {text}", chat_name(username))
+
+
+def _append(turns: list[ChatMessage], turn: ChatMessage) -> None:
+    if turn.role == "assistant" and turns and turns[-1].role == "assistant":  # one answer over several posts
+        turns[-1] = ChatMessage("assistant", turns[-1].content + "\n" + turn.content)
+    else:
+        turns.append(turn)
+
+
 def thread_turns(thread: Thread, me: Speaker, names: Mapping[str, str]) -> list[ChatMessage]:
     """The conversation in the thread, oldest first, without anything that is not a chat turn."""
     turns: list[ChatMessage] = []
     for post in thread.posts:
-        if post.delete_at or post.is_system:
+        turn = post_turn(post, me, names)
+        if turn is not None:
+            _append(turns, turn)
+    return turns
+
+
+def recent_turns(thread: Thread, me: Speaker, names: Mapping[str, str], budget: int, tokenizer: Tokenizer) -> list[ChatMessage]:
+    """Like thread_turns, but only the first question and as many newest turns as could fit `budget`.
+
+    Long threads are mostly history the budget drops anyway; not converting it keeps a turn in a
+    2,000-post thread cheap.
+    """
+    posts = thread.posts
+    first: ChatMessage | None = None
+    first_at = len(posts)
+    for i, post in enumerate(posts):
+        turn = post_turn(post, me, names)
+        if turn is not None and turn.role == "user":
+            first, first_at = turn, i
+            break
+    newest: list[ChatMessage] = []  # newest first
+    spent = 0
+    for post in reversed(posts[first_at + 1 :]):
+        turn = post_turn(post, me, names)
+        if turn is None:
             continue
-        if post.user_id == me.user_id:
-            if post.llmbot_kind not in (None, KIND_ANSWER) or not post.message:
-                continue  # notices, usage hints and goodbyes are not part of the conversation
-            if turns and turns[-1].role == "assistant":  # one answer split over several posts
-                turns[-1] = ChatMessage("assistant", turns[-1].content + "\n" + post.message)
-            else:
-                turns.append(ChatMessage("assistant", post.message))
-            continue
-        if post.from_bot or post.from_webhook or not post.user_id:
-            continue
-        text = _human_text(post, me)
-        if not text:
-            continue
-        username = names.get(post.user_id) or post.user_id[:8]
-        turns.append(ChatMessage("user", f"@{username}: {text}", chat_name(username)))
+        if turn.role == "assistant" and newest and newest[-1].role == "assistant":
+            newest[-1] = ChatMessage("assistant", turn.content + "\n" + newest[-1].content)
+        else:
+            if spent > budget:
+                break  # already more than any room there is: older turns would be dropped
+            newest.append(turn)
+        spent += tokenizer.count_message(turn.content)
+    turns = [first] if first is not None else []
+    turns.extend(reversed(newest))
     return turns
 
 
@@ -137,7 +179,7 @@ def build_messages(
     budget: int,
     tokenizer: Tokenizer,
 ) -> list[ChatMessage]:
-    return fit_to_budget(system, thread_turns(thread, me, names), budget, tokenizer)
+    return fit_to_budget(system, recent_turns(thread, me, names, budget, tokenizer), budget, tokenizer)
 
 
 def participants(thread: Thread, me: Speaker, names: Mapping[str, str]) -> list[str]:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from .thread import Post, post_from_json
 
 
-@dataclass(frozen=True, slots=True)
-class Posted:
-    """A new post (a `posted` event)."""
+class Posted(NamedTuple):
+    """A new post (a `posted` event). A NamedTuple, like Post: built for every message seen."""
 
     post: Post
     channel_type: str  # O public, P private, D direct, G group
@@ -19,7 +19,6 @@ class Posted:
     channel_display_name: str
     sender_name: str  # "alice", without the "@"
     team_id: str
-    mentions: frozenset[str]
 
     @property
     def is_direct(self) -> bool:
@@ -45,17 +44,12 @@ Event = Posted | Hello | Ignored
 
 def parse_frame(raw: Any) -> Event:
     """Decode one websocket frame. Only `posted` and `hello` matter to the bot."""
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Ignored("frame is not UTF-8", malformed=True)
-    if not isinstance(raw, str):
+    if not isinstance(raw, (str, bytes)):
         return Ignored("frame is not text", malformed=True)
     try:
-        frame = json.loads(raw)
-    except (ValueError, RecursionError):
-        return Ignored("frame is not JSON", malformed=True)
+        frame = orjson.loads(raw)  # the hot path: every message in every channel passes here
+    except orjson.JSONDecodeError:
+        return Ignored("frame is not UTF-8 JSON", malformed=True)
     if not isinstance(frame, dict):
         return Ignored("frame is not a JSON object", malformed=True)
     event = frame.get("event")
@@ -78,8 +72,8 @@ def parse_frame(raw: Any) -> Event:
 def _posted(data: dict[str, Any]) -> Event:
     raw_post = data.get("post")
     try:
-        post_json = json.loads(raw_post) if isinstance(raw_post, str) else raw_post
-    except (ValueError, RecursionError):
+        post_json = orjson.loads(raw_post) if isinstance(raw_post, str) else raw_post
+    except orjson.JSONDecodeError:
         return Ignored("posted: post is not JSON", malformed=True)
     post = post_from_json(post_json)
     if post is None:
@@ -91,20 +85,7 @@ def _posted(data: dict[str, Any]) -> Event:
         channel_display_name=_str(data.get("channel_display_name")),
         sender_name=_str(data.get("sender_name")).removeprefix("@"),
         team_id=_str(data.get("team_id")),
-        mentions=_mentions(data.get("mentions")),
     )
-
-
-def _mentions(value: Any) -> frozenset[str]:
-    """`mentions` is a JSON string holding a list of user ids; anything else means none."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            return frozenset()
-    if isinstance(value, list):
-        return frozenset(v for v in value if isinstance(v, str))
-    return frozenset()
 
 
 def _str(value: Any) -> str:

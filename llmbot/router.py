@@ -104,7 +104,7 @@ def route(
         return Ignore("no handlers")
     if event.is_direct and post.is_root:
         return _start_or_usage(default, text, me, allow_files=post.file_count > 0)
-    if me.mention.search(text):
+    if "@" in text and me.mention.search(text):  # the cheap test first: most posts mention nobody
         return _start_or_usage(default, text, me, allow_files=post.file_count > 0)
     return Ignore("no trigger")
 

@@ -53,7 +53,7 @@ def split_page(text: str, limit: int) -> tuple[str, str]:
     reserve = 8  # room for closing a fence at the cut; grows for unusually long fence markers
     for _ in range(3):
         window = text[: max(limit - reserve, 1)]
-        cut = _break_point(window)
+        cut = _keep_fence_lines_whole(text, _break_point(window))
         head, rest = text[:cut], text[cut:]
         fence = open_fence(head)
         if fence is None:
@@ -76,6 +76,24 @@ def _break_point(window: str) -> int:
         if at > 0:
             return at + len(sep)
     return len(window)
+
+
+def _keep_fence_lines_whole(text: str, cut: int) -> int:
+    """Move a cut inside a line so that neither side gains or loses a fence line.
+
+    A page starts a new Markdown line: cutting "see ```here" after "see " would turn the
+    inline backticks into a fence, and cutting a fence line in two would break it.
+    """
+    if cut <= 0 or cut >= len(text) or text[cut - 1] == "\n":
+        return cut
+    line_start = text.rfind("\n", 0, cut) + 1
+    line_end = text.find("\n", cut)
+    line_end = len(text) if line_end == -1 else line_end
+    if _FENCE.match(text[line_start:line_end]):
+        return line_start if line_start > 0 else cut  # the whole fence line goes to the next page
+    while cut > line_start + 1 and _FENCE.match(text[cut:line_end]):
+        cut -= 1
+    return cut
 
 
 def open_fence(text: str) -> tuple[str, str] | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 # Keys of the props llmbot writes on its own posts: the thread records the conversation.
 PROP_HANDLER = "llmbot_handler"  # which handler wrote this post
@@ -17,8 +18,10 @@ KIND_END = "end"
 KIND_USAGE = "usage"
 
 
-@dataclass(frozen=True, slots=True)
-class Post:
+class Post(NamedTuple):
+    """One post. A NamedTuple: as immutable as a frozen dataclass and several times cheaper to
+    build, which matters because every message in every channel the bot is in becomes one."""
+
     id: str
     channel_id: str
     user_id: str
@@ -26,7 +29,7 @@ class Post:
     message: str = ""
     create_at: int = 0
     type: str = ""
-    props: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    props: Mapping[str, Any] = MappingProxyType({})
     file_count: int = 0
     delete_at: int = 0
     edit_at: int = 0

@@ -154,3 +154,19 @@ class TestLLMErrors:
         llm_server.enqueue(["fine"])
         assert await collect(llm) == "fine"
         assert "max_completion_tokens" in llm_server.requests[-1] and "max_tokens" not in llm_server.requests[-1]
+
+
+class TestChunkText:
+    def test_text_comes_from_every_choice_delta(self):
+        from llmbot.llm import chunk_text
+
+        assert chunk_text({"choices": [{"delta": {"content": "Hel"}}, {"delta": {"content": "lo"}}]}) == "Hello"
+
+    @pytest.mark.parametrize(
+        "chunk",
+        [None, [], {}, {"choices": None}, {"choices": [None]}, {"choices": [{"delta": None}]}, {"choices": [{"delta": {"content": 5}}]}, {"choices": [{"delta": {"role": "assistant"}}]}],
+    )
+    def test_odd_chunks_from_compatible_servers_give_no_text(self, chunk):
+        from llmbot.llm import chunk_text
+
+        assert chunk_text(chunk) == ""
