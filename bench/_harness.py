@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import logging
 import os
 import platform
 import shutil
@@ -30,7 +29,7 @@ if not os.environ.get("TIKTOKEN_CACHE_DIR"):
     atexit.register(shutil.rmtree, _cache, True)
 
 from llmbot.app import Bot  # noqa: E402
-from llmbot.config import Settings, configure_logging, load_settings  # noqa: E402
+from llmbot.config import Settings, configure_logging  # noqa: E402
 from llmbot.conversations import ConversationStore  # noqa: E402
 from llmbot.llm import OpenAIChat  # noqa: E402
 from llmbot.mattermost import MattermostChat  # noqa: E402
@@ -38,6 +37,7 @@ from llmbot.prompts import load_system_prompt  # noqa: E402
 from llmbot.tokens import load_tokenizer  # noqa: E402
 from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
 from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
+from tests.fakes import settings_for as fake_settings  # noqa: E402
 
 __all__ = [
     "ROOT", "Bench", "FakeMattermost", "FakeOpenAI", "Row", "bot_replies", "quiet_logging", "report",
@@ -51,17 +51,8 @@ def quiet_logging() -> None:
 
 
 def settings_for(mm: FakeMattermost, llm: FakeOpenAI, **overrides: str) -> Settings:
-    env = {
-        "MATTERMOST_URL": mm.url,
-        "MATTERMOST_TOKEN": mm.bot_token,
-        "OPENAI_API_KEY": llm.api_key,
-        "OPENAI_BASE_URL": llm.base_url,
-        "LLMBOT_REQUEST_TIMEOUT": "30",
-        "LLMBOT_LLM_TIMEOUT": "30",
-        "LLMBOT_LOG_LEVEL": "WARNING",
-    }
-    env.update(overrides)
-    return load_settings(env)
+    """The tests' settings for the fakes, with timeouts generous enough for a loaded machine."""
+    return fake_settings(mm, llm, **{"LLMBOT_REQUEST_TIMEOUT": "30", "LLMBOT_LLM_TIMEOUT": "30", **overrides})
 
 
 @dataclass

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import pytest
 
 from llmbot.app import Bot
-from llmbot.config import Settings, load_settings
 from llmbot.conversations import MemoryStore
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat
@@ -19,6 +18,7 @@ from llmbot.prompts import load_system_prompt
 from llmbot.tokens import load_tokenizer
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
+from tests.fakes import FakeClock, settings_for
 
 _OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_")
 
@@ -39,19 +39,6 @@ def _session_cache(factory: pytest.TempPathFactory) -> str:
     if not _cache_dir:
         _cache_dir.append(str(factory.mktemp("tiktoken-cache")))
     return _cache_dir[0]
-
-
-@dataclass
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -79,17 +66,7 @@ async def llm_server() -> AsyncIterator[FakeOpenAI]:
         await server.stop()
 
 
-def make_settings(mm: FakeMattermost, llm_server: FakeOpenAI, **overrides: str) -> Settings:
-    env = {
-        "MATTERMOST_URL": mm.url,
-        "MATTERMOST_TOKEN": mm.bot_token,
-        "OPENAI_API_KEY": llm_server.api_key,
-        "OPENAI_BASE_URL": llm_server.base_url,
-        "LLMBOT_REQUEST_TIMEOUT": "5",
-        "LLMBOT_LLM_TIMEOUT": "10",
-    }
-    env.update(overrides)
-    return load_settings(env)
+make_settings = settings_for  # the name the tests use
 
 
 @dataclass

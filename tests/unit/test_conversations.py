@@ -5,27 +5,12 @@ from __future__ import annotations
 import pytest
 
 from llmbot.conversations import Binding, ConversationStore, MemoryStore
+from tests.fakes import FakeClock
 
 ROOT = "r00tr00tr00tr00tr00tr00t00"
 OTHER = "0therr00t0therr00t0therr00"
 ALICE = "a1icea1icea1icea1icea1icea"
 TTL = 3600.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 5000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

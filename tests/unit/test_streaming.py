@@ -9,19 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmbot.streaming import MAX_POST_RUNES, EditThrottle, ReplyPages, open_fence, split_page
+from tests.fakes import FakeClock
 
 FENCE_LINE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def streamed(text: str, limit: int, chunk: int = 7) -> ReplyPages:

@@ -1,0 +1,36 @@
+"""Small test doubles shared by tests and benchmarks: a clock and settings for the loopback fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmbot.config import Settings, load_settings
+from tests.loopback.fake_mattermost import FakeMattermost
+from tests.loopback.fake_openai import FakeOpenAI
+
+
+@dataclass
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def settings_for(mm: FakeMattermost, llm: FakeOpenAI, **overrides: str) -> Settings:
+    """Settings pointing the bot at the two fakes; `overrides` are more environment variables."""
+    env = {
+        "MATTERMOST_URL": mm.url,
+        "MATTERMOST_TOKEN": mm.bot_token,
+        "OPENAI_API_KEY": llm.api_key,
+        "OPENAI_BASE_URL": llm.base_url,
+        "LLMBOT_REQUEST_TIMEOUT": "5",
+        "LLMBOT_LLM_TIMEOUT": "10",
+    }
+    env.update(overrides)
+    return load_settings(env)
