@@ -145,8 +145,7 @@ class Bot:
         queue = self._threads.get(thread_id)
         if queue is None:
             queue = self._threads[thread_id] = _ThreadQueue()
-        answers = (Start, Continue)
-        if isinstance(decision, answers) and queue.pending and isinstance(queue.pending[-1][0], answers):
+        if isinstance(decision, Continue) and queue.pending and isinstance(queue.pending[-1][0], Continue):
             return  # the queued answer reads the thread when it starts, and so sees this post too
         queue.pending.append((decision, turn))
         if queue.task is None:

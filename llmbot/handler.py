@@ -123,7 +123,9 @@ class ChatHandler:
 
     async def handle(self, decision: Decision, turn: Turn) -> None:
         if isinstance(decision, (Start, Continue)):
-            await self.answer(turn)
+            # A conversation opened by a new root post has a thread of exactly that post: the
+            # event carries it, so this first turn needs no thread fetch.
+            await self.answer(turn, known_thread=isinstance(decision, Start) and turn.post.is_root)
         elif isinstance(decision, End):
             await self._post(turn, self._goodbye(), KIND_END, answers=turn.post.id)
         elif isinstance(decision, Usage):
@@ -141,10 +143,10 @@ class ChatHandler:
     def _goodbye(self) -> str:
         return f"👋 Conversation ended. Start a new one with `{self._call_word()}` whenever you like."
 
-    async def answer(self, turn: Turn) -> None:
+    async def answer(self, turn: Turn, *, known_thread: bool = False) -> None:
         async with self._typing(turn) as stop_typing:
             try:
-                thread = await self.chat.get_thread(turn.thread_id)
+                thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await self.chat.get_thread(turn.thread_id)
             except (ChatNotFound, ChatForbidden) as exc:
                 raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
             except ChatError as exc:

@@ -283,6 +283,14 @@ class TestStreaming:
         assert all(p.count("```") % 2 == 0 for p in pages)
         assert pages[1].startswith("```python\n")
 
+    async def test_a_conversation_opened_by_a_root_post_starts_without_a_thread_fetch(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        mm.reset_requests()
+        post = await mm.post_as(world.alice, world.town, "gpt hi")
+        await run.wait_replies(post["id"], 1)
+        calls = [(r[0], r[1]) for r in mm.requests if not r[1].endswith("/patch")]
+        assert calls == [("POST", "/api/v4/posts")]
+
     async def test_a_follow_up_turn_makes_exactly_two_rest_calls_besides_edits(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         root = await mm.post_as(world.alice, world.town, "gpt hi")
@@ -334,13 +342,15 @@ class TestMattermostFaults:
 
     async def test_an_unreadable_thread_gets_a_notice_and_the_bot_keeps_going(self, start_bot, world, mm, llm_server):
         run = await start_bot()
+        root = await mm.post_as(world.alice, world.town, "gpt hello")
+        await run.wait_replies(root["id"], 1)
         mm.fail_next("GET", r"/thread$", 500)  # the driver retries only 502-504
-        post = await mm.post_as(world.alice, world.town, "gpt hello")
-        (notice,) = await run.wait_replies(post["id"], 1, timeout=15)
+        await mm.post_as(world.alice, world.town, "and then?", root_id=root["id"])
+        notice = (await run.wait_replies(root["id"], 2))[-1]
         assert "could not read this thread" in notice["message"]
-        assert llm_server.requests == []
-        again = await mm.post_as(world.alice, world.town, "gpt hello again")
-        assert (await run.wait_replies(again["id"], 1))[0]["message"] == "ok"
+        assert len(llm_server.requests) == 1
+        await mm.post_as(world.alice, world.town, "try again", root_id=root["id"])
+        assert (await run.wait_replies(root["id"], 3))[-1]["message"] == "ok"
 
     async def test_a_forbidden_thread_is_dropped_without_retrying(self, start_bot, world, mm, llm_server):
         run = await start_bot()
