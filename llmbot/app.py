@@ -182,7 +182,14 @@ class Bot:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then let in-flight turns finish (bounded)."""
-        await self.start()
+        try:
+            await self.start()
+            await self._serve()
+        finally:
+            await self.chat.close()
+            await self.llm.close()
+
+    async def _serve(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,5 +208,3 @@ class Bot:
             await asyncio.wait_for(self.idle(), SHUTDOWN_GRACE)
         except asyncio.TimeoutError:
             log.warning("stopped with %d thread(s) still answering", len(self._threads))
-        await self.chat.close()
-        await self.llm.close()

@@ -136,7 +136,7 @@ class OpenAIChat:
         except openai.NotFoundError:
             return None  # some compatible servers have no /models; the first turn will tell
         except Exception as exc:  # noqa: BLE001
-            return f"LLM: {translate(exc, self.model).reason} ({type(exc).__name__})"
+            return f"LLM: {translate(exc, self.model).reason} (OPENAI_BASE_URL={self._client.base_url})"
         if models and self.model not in models:
             return f"LLM: the server does not list the model {self.model!r} (LLMBOT_MODEL); it has: {', '.join(models[:10])}"
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -76,9 +77,11 @@ class TestRun:
     async def test_a_revoked_token_stops_run_with_a_clear_error_and_no_secret(self, mm, llm_server, tmp_path, capsys):
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="revoked-token-xyz", LLMBOT_LOG_LEVEL="DEBUG"))
         assert await run_cli("--env-file", env, "run") == 1
+        gc.collect()  # an HTTP session left open reports itself when collected
         err = capsys.readouterr().err
         assert "check MATTERMOST_TOKEN" in err
         assert "revoked-token-xyz" not in err
+        assert "Unclosed" not in err  # the HTTP sessions are closed on the way out
 
     def test_a_prompt_file_with_an_unknown_variable_stops_run_before_connecting(self, tmp_path, capsys):
         prompt = tmp_path / "prompt.md"
