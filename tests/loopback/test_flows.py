@@ -363,3 +363,43 @@ class TestMattermostFaults:
         await run.bot.idle()
         assert await run.bot.store.get(root["id"]) is None
         assert len(run.replies(root["id"])) == 1
+
+
+class EchoHandler:
+    """A one-shot handler, to show routing is not hard-wired to the GPT chat."""
+
+    def __init__(self, chat) -> None:
+        import re
+
+        from llmbot.router import HandlerSpec
+
+        self.spec = HandlerSpec("echo", (re.compile(r"^echo\b", re.IGNORECASE),), conversational=False)
+        self.chat = chat
+
+    async def handle(self, decision, turn) -> None:
+        await self.chat.create_post(turn.channel_id, "echo: " + turn.post.message[5:], turn.thread_id, {"llmbot_handler": "echo"})
+
+
+class TestHandlersAreGeneric:
+    async def test_a_second_handler_answers_its_trigger_once_without_binding(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        run.bot.add_handler(EchoHandler(run.bot.chat))
+        post = await mm.post_as(world.alice, world.town, "echo hello")
+        (reply,) = await run.wait_replies(post["id"], 1)
+        assert reply["message"] == "echo: hello"
+        assert await run.bot.store.get(post["id"]) is None
+        await mm.post_as(world.alice, world.town, "anyone?", root_id=post["id"])
+        await run.settle(world.town, world.bob)
+        assert len(run.replies(post["id"])) == 1
+        assert len(llm_server.requests) == 1  # the settle marker only
+
+    async def test_in_a_bound_thread_only_the_bound_handler_runs(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        run.bot.add_handler(EchoHandler(run.bot.chat))
+        root = await mm.post_as(world.alice, world.town, "gpt hi")
+        await run.wait_replies(root["id"], 1)
+        llm_server.enqueue(["the gpt handler answered"])
+        await mm.post_as(world.alice, world.town, "echo this please", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["message"] == "the gpt handler answered"
+        assert replies[-1]["props"][PROP_HANDLER] == "gpt"
