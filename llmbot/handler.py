@@ -188,20 +188,36 @@ class ChatHandler:
         posted: list[tuple[str, str]] = []  # (post id, text it shows)
         throttle = EditThrottle(self.clock, self.edit_interval)
         started = self.clock()
+        # The LLM is read in a task of its own, so a slow Mattermost call never stalls the stream;
+        # each post update then takes every delta that has arrived, which also spares a
+        # quick answer its edits.
+        deltas: asyncio.Queue[str | LLMError | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(messages, deltas))
         try:
-            async with contextlib.aclosing(self.llm.stream(messages, self.reply_tokens)) as deltas:
-                async for delta in deltas:
-                    pages.add(delta)
-                    if not posted and not pages.text.strip():
-                        continue  # never create an empty post
-                    if not posted or throttle.due():
-                        stop_typing()
-                        await self._try_sync(turn, pages, posted, props)  # a failed edit is retried next time
-                        throttle.mark()
-        except LLMError as exc:
-            await self._try_sync(turn, pages, posted, props)  # keep the partial answer
-            await self._notice(turn, f"⚠️ I could not finish this answer: {exc.reason}. Please try again.", answers)
-            return
+            finished = False
+            while not finished:
+                batch = [await deltas.get()]
+                while not deltas.empty():
+                    batch.append(deltas.get_nowait())
+                for item in batch:
+                    if isinstance(item, LLMError):
+                        await self._try_sync(turn, pages, posted, props)  # keep the partial answer
+                        await self._notice(turn, f"⚠️ I could not finish this answer: {item.reason}. Please try again.", answers)
+                        return
+                    if item is None:
+                        finished = True
+                    else:
+                        pages.add(item)
+                if finished or (not posted and not pages.text.strip()):
+                    continue  # the final update comes below; and never create an empty post
+                if not posted or throttle.due():
+                    stop_typing()
+                    await self._try_sync(turn, pages, posted, props)  # a failed edit is retried next time
+                    throttle.mark()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
         if not pages.text.strip():
             await self._notice(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", answers)
             return
@@ -214,6 +230,17 @@ class ChatHandler:
             "thread %s: answered in %d post(s), %d chars, %.2fs",
             turn.thread_id, len(posted), len(pages.text), self.clock() - started,
         )
+
+    async def _read(self, messages: list[Any], out: asyncio.Queue[str | LLMError | None]) -> None:
+        """Put the LLM's deltas on `out`, then None when it is done, or the LLMError that ended it."""
+        try:
+            async with contextlib.aclosing(self.llm.stream(messages, self.reply_tokens)) as stream:
+                async for delta in stream:
+                    out.put_nowait(delta)
+        except LLMError as exc:
+            out.put_nowait(exc)
+            return
+        out.put_nowait(None)
 
     async def _sync(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> None:
         """Make the posts show the pages: patch changed ones, create the missing ones."""

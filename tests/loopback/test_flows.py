@@ -334,7 +334,7 @@ class TestMattermostFaults:
 
     async def test_a_reply_that_cannot_be_posted_gets_a_notice_instead(self, start_bot, world, mm, llm_server):
         run = await start_bot()
-        mm.fail_next("POST", r"/api/v4/posts$", 500, times=3)
+        mm.fail_next("POST", r"/api/v4/posts$", 500, times=2)  # the answer and its one retry
         post = await mm.post_as(world.alice, world.town, "gpt hello")
         (notice,) = await run.wait_replies(post["id"], 1)
         assert notice["props"][PROP_KIND] == KIND_NOTICE
