@@ -17,7 +17,7 @@ from .events import Posted
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .router import Continue, Decision, End, HandlerSpec, Start, Usage
-from .streaming import EditThrottle, ReplyPages
+from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 from .thread import (
     KIND_ANSWER,
     KIND_END,
@@ -250,10 +250,10 @@ class ChatHandler:
             if i < len(posted):
                 post_id, shown = posted[i]
                 if shown != text:
-                    await self.chat.patch_post(post_id, text)
+                    await self.chat.patch_post(post_id, defuse_broadcasts(text))
                     posted[i] = (post_id, text)
             else:
-                post = await self.chat.create_post(turn.channel_id, text, turn.thread_id, props)
+                post = await self.chat.create_post(turn.channel_id, defuse_broadcasts(text), turn.thread_id, props)
                 posted.append((post.id, text))
 
     async def _try_sync(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> bool:

@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 
 MAX_POST_RUNES = 16383  # Mattermost's limit; len() of a str counts code points, i.e. runes
 _FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
+_BROADCAST = re.compile(r"(?<![\w.@-])@(channel|all|here)(?![\w-])", re.IGNORECASE)
+
+
+def defuse_broadcasts(text: str) -> str:
+    """Keep @channel, @all and @here in an answer from notifying everyone.
+
+    The model's text is not the bot's intent: a prompt (or a quoted message) could make it
+    write "@channel". A zero-width space after the "@" shows the same text and pings nobody.
+    """
+    return _BROADCAST.sub("@\u200b\\1", text) if "@" in text else text
 
 
 class EditThrottle:

@@ -403,3 +403,13 @@ class TestHandlersAreGeneric:
         replies = await run.wait_replies(root["id"], 2)
         assert replies[-1]["message"] == "the gpt handler answered"
         assert replies[-1]["props"][PROP_HANDLER] == "gpt"
+
+
+class TestSafety:
+    async def test_an_answer_cannot_notify_the_whole_channel(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        llm_server.enqueue(["Sure! @channel, @all and @here: lunch is ready."])
+        post = await mm.post_as(world.alice, world.town, "gpt announce lunch to @channel")
+        (reply,) = await run.wait_replies(post["id"], 1)
+        assert "@channel" not in reply["message"] and "@all" not in reply["message"] and "@here" not in reply["message"]
+        assert reply["message"] == "Sure! @\u200bchannel, @\u200ball and @\u200bhere: lunch is ready."

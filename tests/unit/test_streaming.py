@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.streaming import MAX_POST_RUNES, EditThrottle, ReplyPages, open_fence, split_page
+from llmbot.streaming import MAX_POST_RUNES, EditThrottle, ReplyPages, defuse_broadcasts, open_fence, split_page
 from tests.fakes import FakeClock
 
 FENCE_LINE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
@@ -275,3 +275,14 @@ class TestSplitProperties:
         assert without_fence_lines("".join(pages)) == without_fence_lines(text)
         if open_fence(text) is None:
             assert fences_balanced(pages[-1])
+
+
+class TestDefuseBroadcasts:
+    @pytest.mark.parametrize("word", ["@channel", "@all", "@here", "@Channel", "@ALL"])
+    def test_channel_wide_mentions_get_a_zero_width_space(self, word: str) -> None:
+        out = defuse_broadcasts(f"ping {word}, please")
+        assert out == f"ping @\u200b{word[1:]}, please"
+
+    @pytest.mark.parametrize("text", ["@alice hi", "@channels is a word", "mail me@all.example", "no mention", "@allison"])
+    def test_other_text_is_untouched(self, text: str) -> None:
+        assert defuse_broadcasts(text) == text
