@@ -31,12 +31,9 @@ if not os.environ.get("TIKTOKEN_CACHE_DIR"):
 from llmbot.app import Bot  # noqa: E402
 from llmbot.config import Settings, configure_logging  # noqa: E402
 from llmbot.conversations import ConversationStore  # noqa: E402
-from llmbot.llm import OpenAIChat  # noqa: E402
-from llmbot.mattermost import MattermostChat  # noqa: E402
-from llmbot.prompts import load_system_prompt  # noqa: E402
-from llmbot.tokens import load_tokenizer  # noqa: E402
 from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
 from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
+from tests.fakes import bot_for  # noqa: E402
 from tests.fakes import settings_for as fake_settings  # noqa: E402
 
 __all__ = [
@@ -89,15 +86,7 @@ async def running_bot(
         users = [mm.add_user(name) for name in humans]
         channel = mm.add_channel("town-square", members=(mm.bot, *users), display_name="Town Square")
         settings = settings_for(mm, llm, **env_overrides)
-        bot = Bot(
-            settings,
-            MattermostChat(settings),
-            OpenAIChat(settings, max_retries=0),
-            load_system_prompt(settings.system_prompt_file),
-            store=store,
-            tokenizer=load_tokenizer(settings.model),
-            edit_interval=edit_interval,
-        )
+        bot = bot_for(settings, store=store, edit_interval=edit_interval)
         await bot.start()
         listener = asyncio.create_task(bot.chat.listen(bot.on_frame))
         await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=10, message="the bot's websocket to connect")

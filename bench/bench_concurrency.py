@@ -16,11 +16,8 @@ from pathlib import Path
 
 from _harness import Row, report, run
 
-from llmbot.app import Bot
 from llmbot.config import load_settings
-from llmbot.llm import OpenAIChat
-from llmbot.mattermost import MattermostChat
-from llmbot.prompts import load_system_prompt
+from tests.fakes import bot_for
 
 CONVERSATIONS = 200
 LLM_SECONDS = 1.0
@@ -66,7 +63,7 @@ async def main() -> None:
             "LLMBOT_LOG_LEVEL": "WARNING",
         }
     )
-    bot = Bot(settings, MattermostChat(settings), OpenAIChat(settings, max_retries=0), load_system_prompt(None))
+    bot = bot_for(settings)
     await bot.start()
     listener = asyncio.create_task(bot.chat.listen(bot.on_frame))
     await asyncio.sleep(0.5)  # the socket connects and authenticates

@@ -12,13 +12,9 @@ import pytest
 
 from llmbot.app import Bot
 from llmbot.conversations import MemoryStore
-from llmbot.llm import OpenAIChat
-from llmbot.mattermost import MattermostChat
-from llmbot.prompts import load_system_prompt
-from llmbot.tokens import load_tokenizer
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
-from tests.fakes import FakeClock, settings_for
+from tests.fakes import FakeClock, bot_for, settings_for
 
 _OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_")
 
@@ -108,15 +104,8 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
 
     async def start(*, edit_interval: float = 1.0, **overrides: str) -> Running:
         settings = make_settings(mm, llm_server, **overrides)
-        bot = Bot(
-            settings,
-            MattermostChat(settings),
-            OpenAIChat(settings, max_retries=0),
-            load_system_prompt(settings.system_prompt_file),
-            store=MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock),
-            tokenizer=load_tokenizer(settings.model),
-            edit_interval=edit_interval,
-        )
+        store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock)
+        bot = bot_for(settings, store=store, edit_interval=edit_interval)
         await bot.start()
         run = Running(bot, mm, llm_server, clock)
         running.append(run)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmbot.app import Bot
 from llmbot.config import Settings, load_settings
+from llmbot.conversations import ConversationStore
+from llmbot.llm import OpenAIChat
+from llmbot.mattermost import MattermostChat
+from llmbot.prompts import load_system_prompt
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
 
@@ -34,3 +39,15 @@ def settings_for(mm: FakeMattermost, llm: FakeOpenAI, **overrides: str) -> Setti
     }
     env.update(overrides)
     return load_settings(env)
+
+
+def bot_for(settings: Settings, *, store: ConversationStore | None = None, edit_interval: float = 1.0) -> Bot:
+    """The real Bot with the real adapters (no SDK retries, so faults show at once)."""
+    return Bot(
+        settings,
+        MattermostChat(settings),
+        OpenAIChat(settings, max_retries=0),
+        load_system_prompt(settings.system_prompt_file),
+        store=store,
+        edit_interval=edit_interval,
+    )
