@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import example, given, settings
@@ -20,7 +19,7 @@ from llmbot.context import (
     thread_turns,
 )
 from llmbot.thread import KIND_END, KIND_NOTICE, KIND_USAGE, Post, Thread, thread_from_posts
-from llmbot.tokens import REPLY_PRIMING, Tokenizer, load_tokenizer
+from llmbot.tokens import REPLY_PRIMING, Tokenizer
 from llmbot.triggers import mention_pattern
 
 from . import payloads as p
@@ -32,19 +31,6 @@ CUT = "tokens cut"
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def real() -> Iterator[Tokenizer]:
-    """The real cl100k_base tokenizer, loaded offline from a private cache directory."""
-    with pytest.MonkeyPatch.context() as mp:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as cache:
-            mp.setenv("TIKTOKEN_CACHE_DIR", cache)
-            load_tokenizer.cache_clear()
-            tokenizer = load_tokenizer("gpt-4o-mini")
-            assert tokenizer.exact and tokenizer.name == "cl100k_base"
-            yield tokenizer
-    load_tokenizer.cache_clear()
 
 
 ESTIMATE = Tokenizer("estimate", None, None)

@@ -66,16 +66,6 @@ def from_disk(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-@pytest.fixture(scope="module")
-def real() -> Iterator[Tokenizer]:
-    with pytest.MonkeyPatch.context() as mp:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as directory:
-            mp.setenv("TIKTOKEN_CACHE_DIR", directory)
-            load_tokenizer.cache_clear()
-            yield load_tokenizer("gpt-4")
-    load_tokenizer.cache_clear()
 
 
 class TestSeededCache:
