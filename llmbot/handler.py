@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from .context import Speaker, build_messages, participants
+from .context import ChatMessage, Speaker, build_messages, participants
 from .errors import ChatError, ChatForbidden, ChatNotFound, LLMError
 from .events import Posted
 from .ports import ChatAPI, LLMClient
@@ -182,7 +182,7 @@ class ChatHandler:
             participants=", ".join(f"@{p}" for p in people) or "(none yet)",
         )
 
-    async def _stream(self, turn: Turn, messages: list[Any], answers: str, stop_typing: Callable[[], None]) -> None:
+    async def _stream(self, turn: Turn, messages: list[ChatMessage], answers: str, stop_typing: Callable[[], None]) -> None:
         props = {PROP_HANDLER: self.spec.name, PROP_KIND: KIND_ANSWER, PROP_ANSWERS: answers}
         pages = ReplyPages()
         posted: list[tuple[str, str]] = []  # (post id, text it shows)
@@ -231,7 +231,7 @@ class ChatHandler:
             turn.thread_id, len(posted), len(pages.text), self.clock() - started,
         )
 
-    async def _read(self, messages: list[Any], out: asyncio.Queue[str | LLMError | None]) -> None:
+    async def _read(self, messages: list[ChatMessage], out: asyncio.Queue[str | LLMError | None]) -> None:
         """Put the LLM's deltas on `out`, then None when it is done, or the LLMError that ended it."""
         try:
             async with contextlib.aclosing(self.llm.stream(messages, self.reply_tokens)) as stream:
@@ -291,8 +291,12 @@ class ChatHandler:
                 await asyncio.sleep(TYPING_EVERY)
 
         task = asyncio.create_task(keep_typing())
+
+        def stop() -> None:
+            task.cancel()
+
         try:
-            yield task.cancel
+            yield stop
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

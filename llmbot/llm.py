@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import openai
 
@@ -91,7 +91,7 @@ class OpenAIChat:
     async def close(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it arrives. Raises LLMError."""
         try:
             async with asyncio.timeout(self._total_timeout):

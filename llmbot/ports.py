@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, Protocol
 
 from .context import ChatMessage
@@ -24,4 +24,4 @@ class ChatAPI(Protocol):
 
 
 class LLMClient(Protocol):
-    def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncIterator[str]: ...
+    def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncGenerator[str, None]: ...
