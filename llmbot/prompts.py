@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PromptError
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+# prompts/ beside the package (a checkout or an editable install), else where a wheel installs it.
+_PROMPT_DIRS = (Path(__file__).resolve().parent.parent / "prompts", Path(sys.prefix) / "share" / "llmbot" / "prompts")
+PROMPTS_DIR = next((d for d in _PROMPT_DIRS if d.is_dir()), _PROMPT_DIRS[0])
 SYSTEM_VARIABLES = ("bot_name", "date", "channel", "participants")
 
 
