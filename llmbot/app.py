@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -192,9 +193,10 @@ class Bot:
     async def _serve(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        if sys.platform != "win32":  # asyncio has no signal handlers there; Ctrl-C still stops the bot
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(RuntimeError):  # not the main thread (embedded use): no handlers
+                    loop.add_signal_handler(sig, stop.set)
         listener = asyncio.create_task(self.chat.listen(self.on_frame))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)

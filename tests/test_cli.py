@@ -102,3 +102,26 @@ class TestRun:
             main(argv)
         assert info.value.code == 0
         assert "llmbot" in capsys.readouterr().out
+
+
+class TestStopping:
+    async def test_sigterm_stops_a_running_bot_with_exit_code_0(self, mm, llm_server, tmp_path):
+        import signal
+        import sys
+
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmbot", "--env-file", env, "run",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        err = (await proc.stderr.read()).decode()
+        assert code == 0, err
+        assert "stopping: no new turns" in err
