@@ -51,6 +51,20 @@ class Settings:
     llm_timeout: float = 120.0
     max_concurrent_turns: int = 256
     max_bound_threads: int = 200_000
+    llm_idle_timeout: float = 60.0
+    llm_retries: int = 3
+    # Access control: names or ids, casefolded; an empty allow list allows everyone. Deny wins.
+    allow_teams: frozenset[str] = frozenset()
+    deny_teams: frozenset[str] = frozenset()
+    allow_channels: frozenset[str] = frozenset()
+    deny_channels: frozenset[str] = frozenset()
+    allow_users: frozenset[str] = frozenset()
+    deny_users: frozenset[str] = frozenset()
+    direct_messages: bool = True
+    # Limits; 0 turns a limit off.
+    max_starts_per_minute: int = 10
+    max_conversations_per_user: int = 10
+    max_turns: int = 100
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line or a post."""
@@ -87,6 +101,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     llm_timeout = p.number("LLMBOT_LLM_TIMEOUT", 120.0, minimum=0.1)
     concurrency = int(p.number("LLMBOT_MAX_CONCURRENT_TURNS", 256, minimum=1, integer=True))
     max_threads = int(p.number("LLMBOT_MAX_BOUND_THREADS", 200_000, minimum=1, integer=True))
+    idle_timeout = p.number("LLMBOT_LLM_IDLE_TIMEOUT", 60.0, minimum=0.1)
+    llm_retries = int(p.number("LLMBOT_LLM_RETRIES", 3, minimum=0, integer=True))
+    access = {key: p.names(f"LLMBOT_{key.upper()}") for key in _ACCESS_LISTS}
+    dms = p.flag("LLMBOT_DIRECT_MESSAGES", True)
+    starts = int(p.number("LLMBOT_MAX_STARTS_PER_MINUTE", 10, minimum=0, integer=True))
+    per_user = int(p.number("LLMBOT_MAX_CONVERSATIONS_PER_USER", 10, minimum=0, integer=True))
+    max_turns = int(p.number("LLMBOT_MAX_TURNS", 100, minimum=0, integer=True))
 
     if problems:
         raise ConfigError(problems)
@@ -108,7 +129,17 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         llm_timeout=llm_timeout,
         max_concurrent_turns=concurrency,
         max_bound_threads=max_threads,
+        llm_idle_timeout=idle_timeout,
+        llm_retries=llm_retries,
+        direct_messages=dms,
+        max_starts_per_minute=starts,
+        max_conversations_per_user=per_user,
+        max_turns=max_turns,
+        **access,
     )
+
+
+_ACCESS_LISTS = ("allow_teams", "deny_teams", "allow_channels", "deny_channels", "allow_users", "deny_users")
 
 
 class _Parser:
@@ -181,6 +212,28 @@ class _Parser:
             self.problems.append(f"{name}={value!r} must be one word or a comma-separated list of words, e.g. bye,goodbye")
             return (default,)
         return words
+
+    def names(self, name: str) -> frozenset[str]:
+        """A comma-separated list of names or ids; a leading @ (users) or ~ (channels) is dropped."""
+        value = self._raw(name)
+        if value is None:
+            return frozenset()
+        names = frozenset(n.strip().lstrip("@~").casefold() for n in value.split(",") if n.strip().lstrip("@~"))
+        if any(len(n.split()) != 1 for n in names):
+            self.problems.append(f"{name}={value!r} must be a comma-separated list of names or ids, e.g. town-square,off-topic")
+            return frozenset()
+        return names
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "on", "true", "yes"):
+            return True
+        if value.lower() in ("0", "off", "false", "no"):
+            return False
+        self.problems.append(f"{name}={value!r} must be on or off")
+        return default
 
     def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
         value = self._raw(name)
