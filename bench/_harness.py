@@ -76,7 +76,7 @@ async def running_bot(
     store: ConversationStore | None = None,
     **env_overrides: str,
 ) -> AsyncIterator[Bench]:
-    """Fakes on 127.0.0.1:0, the real Bot (driver + OpenAI SDK, max_retries=0) connected to them."""
+    """Fakes on 127.0.0.1:0, the real Bot (driver + OpenAI SDK, no LLM retries) connected to them."""
     mm, llm = FakeMattermost(), FakeOpenAI()
     await mm.start()
     await llm.start()

@@ -74,7 +74,7 @@ async def _check(settings: Settings) -> list[str]:
         problems.append(f"Mattermost: cannot reach {settings.mattermost_url} (MATTERMOST_URL): {exc}")
     finally:
         await chat.close()
-    llm = OpenAIChat(settings, max_retries=0)
+    llm = OpenAIChat(settings, retries=0)
     try:
         problem = await llm.check()
         if problem:

@@ -1,13 +1,20 @@
 """LLM adapter over openai.AsyncOpenAI: the only module that imports openai.
 
 One call, `stream(messages, max_tokens)`, yields text deltas; every SDK error becomes LLMError.
+Retries and timeouts are ours, not the SDK's: only we know whether text went out already.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import logging
-from collections.abc import AsyncGenerator, Sequence
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from datetime import timezone
+from typing import Any
 
 import openai
 
@@ -17,11 +24,21 @@ from .errors import ContextTooLong, LLMError
 
 log = logging.getLogger(__name__)
 
+BACKOFF_BASE = 0.5  # seconds before the first retry, at most (full jitter)
+BACKOFF_CAP = 8.0
+RETRY_AFTER_CAP = 60.0  # a server asking for longer is waited on this long, budget permitting
+
+TOO_SLOW = "the language model took too long to answer"
+STALLED = "the language model stopped answering"
+MIDWAY = "the language model stopped in the middle of the answer"
+
 
 def translate(exc: BaseException, model: str) -> LLMError:
     """Map an SDK or transport failure to an LLMError whose reason is safe to post."""
     if isinstance(exc, LLMError):
         return exc
+    if isinstance(exc, UnicodeError):  # text that can't be sent as UTF-8: retrying can't help
+        return LLMError("the conversation holds text that cannot be sent to the language model")
     if isinstance(exc, openai.APIConnectionError) and _refused(exc):
         # the aiohttp transport reports a refused connection as a connect *timeout*
         return LLMError("the language model server could not be reached", retryable=True)
@@ -42,7 +59,7 @@ def translate(exc: BaseException, model: str) -> LLMError:
         return LLMError("the language model server refused the request")
     if isinstance(exc, openai.APIStatusError):
         return LLMError(f"the language model server failed (HTTP {exc.status_code})", retryable=exc.status_code >= 500)
-    return LLMError("the language model stopped in the middle of the answer", retryable=True)
+    return LLMError(MIDWAY, retryable=True)
 
 
 def chunk_text(chunk: object) -> str:
@@ -59,6 +76,45 @@ def chunk_text(chunk: object) -> str:
     return "".join(parts)
 
 
+def retry_after(headers: Mapping[str, str] | None, now: float) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, or Retry-After in seconds or as an
+    HTTP date, `now` being the wall clock), within [0, RETRY_AFTER_CAP]; None if it did not say.
+
+    `headers` must look names up case-insensitively, as the SDK's response headers do.
+    """
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds == seconds:  # not NaN
+            return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(headers.get("retry-after") or "")
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC too
+        when = when.replace(tzinfo=timezone.utc)
+    return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_CAP)
+
+
+def backoff(attempt: int, rng: Callable[[], float]) -> float:
+    """The wait after failed attempt number `attempt` (1, 2, ...): exponential with full jitter."""
+    return rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt - 1, 32))
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's type (and HTTP status) for a log line; never its text, which may echo secrets."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"{type(exc).__name__}, HTTP {exc.status_code}"
+    return type(exc).__name__
+
+
 def _refused(exc: BaseException) -> bool:
     """Does the cause chain hold an OS-level connection failure (refused, unreachable, DNS)?"""
     seen: set[int] = set()
@@ -72,17 +128,38 @@ def _refused(exc: BaseException) -> bool:
 
 
 class OpenAIChat:
-    """Chat completions from any OpenAI-compatible server (OpenAI, Azure, vLLM, Ollama...)."""
+    """Chat completions from any OpenAI-compatible server (OpenAI, Azure, vLLM, Ollama...).
 
-    def __init__(self, settings: Settings, *, max_retries: int = 2) -> None:
+    `retries` (None: settings.llm_retries) bounds the retries of one answer; `sleep`, `clock`
+    (monotonic seconds) and `rng` (uniform in [0, 1)) are seams for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retries: int | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if retries is None:
+            retries = settings.llm_retries
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries}")
         self.model = settings.model
+        self.retries = retries
         self._total_timeout = settings.llm_timeout
-        # The SDK's timeout bounds connecting and each read, i.e. also the silence between chunks.
+        self._idle_timeout = settings.llm_idle_timeout
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
         self._client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout,
-            max_retries=max_retries,
+            # stream() bounds every wait itself; the SDK's limits are only a backstop (and bound check()).
+            timeout=openai.Timeout(settings.llm_timeout, connect=min(settings.llm_idle_timeout, settings.llm_timeout)),
+            max_retries=0,  # stream() retries, knowing whether text went out already
             http_client=openai.DefaultAioHttpClient(),  # aiohttp: far less CPU per request than httpcore
         )
         # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
@@ -92,24 +169,82 @@ class OpenAIChat:
         await self._client.close()
 
     async def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncGenerator[str, None]:
-        """Yield the answer's text as it arrives. Raises LLMError."""
-        try:
-            async with asyncio.timeout(self._total_timeout):
-                stream = await self._open(messages, max_tokens)
+        """Yield the answer's text as it arrives. Raises LLMError.
+
+        A failure that may pass (429, 5xx, transport, timeout) is retried with backoff while no
+        text has been yielded; after that it raises at once, as a retry would repeat the text.
+        llm_idle_timeout bounds each wait for the server (headers, next chunk); llm_timeout
+        bounds the whole answer, retries and waits included.
+        """
+        payload = [m.as_dict() for m in messages]
+        deadline = self._clock() + self._total_timeout
+        yielded = False
+        for attempt in range(1, self.retries + 2):
+            window = 0.0
+            try:
+                window = self._window(deadline)
+                async with asyncio.timeout(window):
+                    stream = await self._open(payload, max_tokens)
                 try:
-                    async for chunk in stream:
+                    chunks = stream.__aiter__()
+                    while True:
+                        window = self._window(deadline)
+                        try:
+                            async with asyncio.timeout(window):
+                                chunk = await chunks.__anext__()
+                        except StopAsyncIteration:
+                            return
                         delta = chunk_text(chunk)
                         if delta:
+                            yielded = True
                             yield delta
                 finally:
-                    await stream.close()
-        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - translated, never leaked
-            error = translate(exc, self.model)
-            log.warning("LLM call failed: %s (%s: %s)", error.reason, type(exc).__name__, exc)
-            raise error from exc
+                    with contextlib.suppress(Exception):  # the answer is complete or already failed
+                        await stream.close()
+            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - translated, never leaked
+                error = self._error(exc, window, yielded)
+                wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
+                log.warning("LLM attempt %d/%d failed: %s (%s); %s",
+                            attempt, self.retries + 1, error.reason, _describe(exc), outcome)
+                if wait is None:
+                    raise error from exc
+                await self._sleep(wait)
 
-    async def _open(self, messages: Sequence[ChatMessage], max_tokens: int) -> openai.AsyncStream[object]:
-        payload = [m.as_dict() for m in messages]
+    def _window(self, deadline: float) -> float:
+        """How long the next wait for the server may last: the idle timeout, less if the budget ends first."""
+        left = deadline - self._clock()
+        if left <= 0:
+            raise LLMError(TOO_SLOW, retryable=True)
+        return min(self._idle_timeout, left)
+
+    def _error(self, exc: BaseException, window: float, yielded: bool) -> LLMError:
+        if isinstance(exc, asyncio.TimeoutError):  # one of our windows ran out
+            if window < self._idle_timeout:
+                return LLMError(TOO_SLOW, retryable=True)  # the whole budget, not the idle limit
+            return LLMError(STALLED if yielded else TOO_SLOW, retryable=True)
+        if yielded and isinstance(exc, openai.APIConnectionError):
+            return LLMError(MIDWAY, retryable=True)  # it was reached: it answered in part
+        return translate(exc, self.model)
+
+    def _next_wait(
+        self, error: LLMError, exc: BaseException, attempt: int, yielded: bool, deadline: float
+    ) -> tuple[float | None, str]:
+        """Seconds to wait before trying again, or None to give up; and the outcome for the log."""
+        if yielded:
+            return None, "not retried: part of the answer was already streamed"
+        if not error.retryable:
+            return None, "not retried"
+        if attempt > self.retries:
+            return None, f"giving up after {attempt} attempt(s)"
+        headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+        wait = retry_after(headers, time.time())
+        if wait is None:
+            wait = backoff(attempt, self._rng)
+        if self._clock() + wait >= deadline:
+            return None, f"giving up: waiting {wait:.1f}s would pass the time limit (LLMBOT_LLM_TIMEOUT)"
+        return wait, f"retrying in {wait:.1f}s"
+
+    async def _open(self, payload: list[dict[str, str]], max_tokens: int) -> openai.AsyncStream[object]:
         try:
             return await self._create(payload, max_tokens)
         except openai.BadRequestError as exc:

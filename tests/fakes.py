@@ -42,11 +42,11 @@ def settings_for(mm: FakeMattermost, llm: FakeOpenAI, **overrides: str) -> Setti
 
 
 def bot_for(settings: Settings, *, store: ConversationStore | None = None, edit_interval: float = 1.0) -> Bot:
-    """The real Bot with the real adapters (no SDK retries, so faults show at once)."""
+    """The real Bot with the real adapters (no LLM retries, so faults show at once)."""
     return Bot(
         settings,
         MattermostChat(settings),
-        OpenAIChat(settings, max_retries=0),
+        OpenAIChat(settings, retries=0),
         load_system_prompt(settings.system_prompt_file),
         store=store,
         edit_interval=edit_interval,

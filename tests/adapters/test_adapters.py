@@ -31,7 +31,7 @@ async def chat(mm, llm_server):
 
 @pytest.fixture
 async def llm(mm, llm_server):
-    client = OpenAIChat(make_settings(mm, llm_server), max_retries=0)
+    client = OpenAIChat(make_settings(mm, llm_server), retries=0)
     yield client
     await client.close()
 
@@ -138,7 +138,7 @@ class TestLLMErrors:
             await collect(llm)
 
     async def test_an_unreachable_server_is_an_llm_error(self, mm, llm_server):
-        client = OpenAIChat(make_settings(mm, llm_server, OPENAI_BASE_URL="http://127.0.0.1:9/v1"), max_retries=0)
+        client = OpenAIChat(make_settings(mm, llm_server, OPENAI_BASE_URL="http://127.0.0.1:9/v1"), retries=0)
         try:
             with pytest.raises(LLMError, match="could not be reached"):
                 await collect(client)

@@ -3,6 +3,18 @@
 Each request takes the next scripted reply from a queue (``enqueue``), or asks
 ``responder`` when the queue is empty. Handlers only ``await asyncio.sleep``,
 so any number of slow requests are served concurrently (benchmarks).
+
+Faults, per scripted reply (``enqueue`` keywords):
+    status=429, headers={"Retry-After": "2"}   an error reply, with any headers
+    fail_after=N       drop the connection after N streamed chunks
+    stall_after=N      go silent after N chunks (0: right after the headers), connection open
+    stall_headers=True go silent before even the response headers
+A stalled reply holds until the client hangs up or the server stops.
+
+Random faults for soak tests: ``fail_rate(0.2, seed=1)`` makes about 20% of the
+requests fail, each either with one of the statuses (429 carries Retry-After: 0)
+or by dropping the stream after one chunk; the rest are served as usual.
+``faults_injected`` and ``faults_by_kind`` ("429", "drop", ...) count them.
 """
 
 from __future__ import annotations
@@ -10,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,6 +58,8 @@ class Reply:
     error_body: Any = None
     headers: dict = field(default_factory=dict)
     fail_after: int | None = None
+    stall_after: int | None = None
+    stall_headers: bool = False
 
 
 class FakeOpenAI:
@@ -59,10 +74,17 @@ class FakeOpenAI:
         self.default_first_delay = 0.0
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
+        self.faults_injected = 0
+        self.faults_by_kind: Counter[str] = Counter()
         self._queue: deque[Reply] = deque()
         self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._fault_rate = 0.0
+        self._fault_rng = random.Random(0)
+        self._fault_kinds: tuple[int | str, ...] = ()
 
     async def start(self) -> None:
+        self._stopping = False
         app = web.Application(middlewares=[self._auth_middleware])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._list_models)
@@ -74,6 +96,7 @@ class FakeOpenAI:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        self._stopping = True  # releases stalled replies
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -84,10 +107,24 @@ class FakeOpenAI:
 
     def enqueue(self, chunks: list[str] | tuple[str, ...] = (), *, delay: float = 0.0, first_delay: float = 0.0,
                 status: int | None = None, error_body: Any = None, headers: dict | None = None,
-                fail_after: int | None = None) -> None:
+                fail_after: int | None = None, stall_after: int | None = None, stall_headers: bool = False) -> None:
         """Script the reply to the next request (FIFO)."""
         self._queue.append(Reply(list(chunks), delay, first_delay, status, error_body, dict(headers or {}),
-                                 fail_after))
+                                 fail_after, stall_after, stall_headers))
+
+    def fail_rate(self, probability: float, seed: int, statuses: tuple[int, ...] = (429, 500, 502, 503)) -> None:
+        """Fail about `probability` of the chat requests from now on (0 turns it off); see the module docstring.
+
+        The draws come from random.Random(seed) in arrival order, so a run's fault count is reproducible.
+        Each call starts a new run: the counters go back to zero.
+        """
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be within [0, 1], not {probability!r}")
+        self.faults_injected = 0
+        self.faults_by_kind.clear()
+        self._fault_rate = probability
+        self._fault_rng = random.Random(seed)
+        self._fault_kinds = (*statuses, "drop")
 
     @property
     def pending(self) -> int:
@@ -109,14 +146,39 @@ class FakeOpenAI:
         return _json_response({"object": "list", "data": data})
 
     async def _next_reply(self, body: dict) -> Reply:
+        fault = self._draw_fault()
+        if fault is not None and fault != "drop":
+            headers = {"Retry-After": "0"} if fault == 429 else {}
+            return Reply(status=int(fault), headers=headers, first_delay=self.default_first_delay)
+        if fault == "drop":
+            # The text a normal reply would have, cut after one chunk; the script queue is left alone.
+            reply = await self._responder_reply(body)
+            reply.fail_after = 1
+            return reply
         if self._queue:
             return self._queue.popleft()
+        return await self._responder_reply(body)
+
+    async def _responder_reply(self, body: dict) -> Reply:
         chunks: Any = ["ok"]
         if self.responder is not None:
             chunks = self.responder(body)
             if inspect.isawaitable(chunks):
                 chunks = await chunks
         return Reply(list(chunks), first_delay=self.default_first_delay)
+
+    def _draw_fault(self) -> int | str | None:
+        if not self._fault_rate or self._fault_rng.random() >= self._fault_rate:
+            return None
+        fault = self._fault_rng.choice(self._fault_kinds)
+        self.faults_injected += 1
+        self.faults_by_kind[str(fault)] += 1
+        return fault
+
+    async def _hold(self, request: web.Request) -> None:
+        """Send nothing until the client hangs up or the server stops: a stalled upstream."""
+        while not self._stopping and request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.01)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -128,6 +190,10 @@ class FakeOpenAI:
         self.requests.append(body)
         self.headers_seen.append(dict(request.headers))
         reply = await self._next_reply(body)
+        if reply.stall_headers:
+            await self._hold(request)
+            self._abort(request)
+            return web.Response()
         if reply.status is not None:
             await asyncio.sleep(reply.first_delay)
             err = reply.error_body
@@ -139,7 +205,9 @@ class FakeOpenAI:
         if body.get("stream"):
             return await self._stream(request, body, reply)
         await asyncio.sleep(reply.first_delay)
-        if reply.fail_after is not None:
+        if reply.stall_after is not None:
+            await self._hold(request)
+        if reply.fail_after is not None or reply.stall_after is not None:
             self._abort(request)
             return web.Response()
         text = "".join(reply.chunks)
@@ -171,9 +239,15 @@ class FakeOpenAI:
         for i, text in enumerate(reply.chunks):
             if reply.fail_after is not None and i >= reply.fail_after:
                 break
+            if reply.stall_after is not None and i >= reply.stall_after:
+                break
             if i:
                 await asyncio.sleep(reply.delay)
             await resp.write(chunk({"role": "assistant", "content": text} if i == 0 else {"content": text}))
+        if reply.stall_after is not None:  # past the last chunk: before the final one and [DONE]
+            await self._hold(request)
+            self._abort(request)
+            return resp
         if reply.fail_after is not None:
             self._abort(request)
             return resp
