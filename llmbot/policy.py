@@ -1,0 +1,248 @@
+"""Who may talk to the bot, and how much. Pure: no I/O, time is an injected clock.
+
+`AccessPolicy.refuses` runs for posts on the hot path, so it does a few set lookups and
+returns fixed reason strings (nothing user-written, so they are safe to log).
+
+Scope of the lists, by channel type:
+- O/P (public, private): user, channel and team lists.
+- G (group message): user and channel lists; a group message belongs to no team.
+- D (direct message): `direct_messages` and the user lists only. A DM belongs to no team, and
+  its "channel name" is a pair of user ids nobody would list, so a channel allow list would
+  silently switch DMs off; `direct_messages` is the one switch for them.
+- any other (unknown or missing) type: like O/P, so the lists fail closed.
+
+Events carry only team ids: while a team's name is not learned, a post there is refused
+(TEAM_UNKNOWN) unless its id alone decides, since a deny-by-name could not be checked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+
+from cachetools import TTLCache
+
+from .config import Settings
+from .events import Posted
+from .thread import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, Thread
+
+WINDOW = 60.0  # seconds of StartLimiter's sliding window
+
+# Reasons `refuses` returns; constants, so callers and tests can compare them.
+DMS_OFF = "direct messages are off"
+USER_DENIED = "user is denied"
+USER_NOT_ALLOWED = "user is not allowed"
+CHANNEL_DENIED = "channel is denied"
+CHANNEL_NOT_ALLOWED = "channel is not allowed"
+TEAM_DENIED = "team is denied"
+TEAM_NOT_ALLOWED = "team is not allowed"
+TEAM_UNKNOWN = "team name not learned yet"
+
+
+class _Lists:
+    """One allow/deny pair of casefolded names or ids."""
+
+    __slots__ = ("allow", "deny", "active")
+
+    def __init__(self, allow: frozenset[str], deny: frozenset[str]) -> None:
+        self.allow = _fold_all(allow)
+        self.deny = _fold_all(deny)
+        self.active = bool(self.allow or self.deny)  # precomputed: refuses() runs per post
+
+    def verdict(self, key: str, other: str = "") -> bool | None:
+        """False if a key is denied, True if allowed, None if an allow list exists and misses both.
+
+        Neither list holds "" (see _fold_all), so an empty key matches nothing.
+        """
+        if key in self.deny or other in self.deny:
+            return False
+        if not self.allow or key in self.allow or other in self.allow:
+            return True
+        return None
+
+
+class AccessPolicy:
+    """The allow/deny lists of Settings applied to posts. Deny beats allow; an empty allow list allows all."""
+
+    __slots__ = ("_users", "_channels", "_teams", "_dms", "_team_names")
+
+    def __init__(
+        self,
+        *,
+        allow_users: frozenset[str] = frozenset(),
+        deny_users: frozenset[str] = frozenset(),
+        allow_channels: frozenset[str] = frozenset(),
+        deny_channels: frozenset[str] = frozenset(),
+        allow_teams: frozenset[str] = frozenset(),
+        deny_teams: frozenset[str] = frozenset(),
+        direct_messages: bool = True,
+    ) -> None:
+        self._users = _Lists(allow_users, deny_users)
+        self._channels = _Lists(allow_channels, deny_channels)
+        self._teams = _Lists(allow_teams, deny_teams)
+        self._dms = direct_messages
+        self._team_names: dict[str, str] = {}  # team id -> casefolded name
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        return cls(
+            allow_users=settings.allow_users,
+            deny_users=settings.deny_users,
+            allow_channels=settings.allow_channels,
+            deny_channels=settings.deny_channels,
+            allow_teams=settings.allow_teams,
+            deny_teams=settings.deny_teams,
+            direct_messages=settings.direct_messages,
+        )
+
+    @property
+    def is_open(self) -> bool:
+        """True when nothing is ever refused, so the caller may skip `refuses` altogether."""
+        return self._dms and not (self._users.active or self._channels.active or self._teams.active)
+
+    @property
+    def needs_team_names(self) -> bool:
+        """Team lists are set: posts in channels need their team's name learned first."""
+        return self._teams.active
+
+    def wants_team_name(self, team_id: str) -> bool:
+        """Should the caller look up this team's name (once) and `learn_team` it?"""
+        return self._teams.active and bool(team_id) and team_id.casefold() not in self._team_names
+
+    def learn_team(self, team_id: str, name: str) -> None:
+        """Remember a team's name (events carry only its id). Teams are few: no bound needed."""
+        self._team_names[team_id.casefold()] = name.casefold()
+
+    def refuses(self, event: Posted) -> str | None:
+        """Why this post may not start or continue a conversation, or None if it may."""
+        direct = event.channel_type == "D"
+        if direct and not self._dms:
+            return DMS_OFF
+        post = event.post
+        if self._users.active:
+            verdict = self._users.verdict(post.user_id.casefold(), event.sender_name.casefold())
+            if verdict is not True:
+                return USER_DENIED if verdict is False else USER_NOT_ALLOWED
+        if direct:
+            return None
+        if self._channels.active:
+            verdict = self._channels.verdict(post.channel_id.casefold(), event.channel_name.casefold())
+            if verdict is not True:
+                return CHANNEL_DENIED if verdict is False else CHANNEL_NOT_ALLOWED
+        if self._teams.active and event.channel_type != "G":
+            return self._team_refuses(event.team_id.casefold())
+        return None
+
+    def _team_refuses(self, team_id: str) -> str | None:
+        name = self._team_names.get(team_id)
+        if name is None:
+            # Without the name a deny-by-name cannot be checked: fail closed unless the id decides.
+            verdict = self._teams.verdict(team_id)
+            if verdict is False:
+                return TEAM_DENIED
+            if verdict is True and not self._teams.deny:
+                return None
+            return TEAM_UNKNOWN
+        verdict = self._teams.verdict(team_id, name)
+        if verdict is True:
+            return None
+        return TEAM_DENIED if verdict is False else TEAM_NOT_ALLOWED
+
+
+def _fold_all(names: frozenset[str]) -> frozenset[str]:
+    # Settings already casefolds and strips; doing it again keeps hand-built policies honest.
+    return frozenset(n.lstrip("@~").casefold() for n in names if n.lstrip("@~"))
+
+
+class StartLimiter:
+    """At most `per_minute` conversation starts per user in any sliding 60 s window; 0 = unlimited.
+
+    Only allowed starts count, so a user who keeps trying is let in again as soon as the
+    oldest start leaves the window. Users beyond `maxsize` evict the least recently used,
+    which forgets (and so forgives) their starts: keep `maxsize` above the users active
+    in a minute.
+    """
+
+    __slots__ = ("per_minute", "_clock", "_starts")
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic, maxsize: int = 100_000) -> None:
+        if per_minute < 0:
+            raise ValueError(f"per_minute must be 0 (unlimited) or more, not {per_minute}")
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
+        self.per_minute = per_minute
+        self._clock = clock
+        # An entry lives WINDOW seconds after its user's newest start, when all its times are stale.
+        self._starts: TTLCache[str, deque[float]] = TTLCache(maxsize=maxsize, ttl=WINDOW, timer=clock)
+
+    def __len__(self) -> int:
+        """Users currently remembered (for tests and metrics)."""
+        return len(self._starts)
+
+    def allow(self, user_id: str) -> bool:
+        """Record a start for `user_id` and return True, or return False if over the limit."""
+        if self.per_minute == 0:
+            return True
+        now = self._clock()
+        starts = self._starts.get(user_id)
+        if starts is None:
+            starts = deque(maxlen=self.per_minute)
+        while starts and starts[0] <= now - WINDOW:
+            starts.popleft()
+        if len(starts) >= self.per_minute:
+            return False
+        starts.append(now)
+        self._starts[user_id] = starts  # re-setting restarts the entry's TTL
+        return True
+
+
+class OncePer:
+    """`first(key)` is True once per `seconds` window per key: tell a user about a limit once, not per message.
+
+    The window starts when the key is first seen and is not extended by repeats.
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, maxsize: int = 100_000) -> None:
+        if not seconds > 0:
+            raise ValueError(f"seconds must be more than 0, not {seconds}")
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
+        self._seen: TTLCache[Hashable, bool] = TTLCache(maxsize=maxsize, ttl=seconds, timer=clock)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first(self, key: Hashable) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = True
+        return True
+
+
+_TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)  # None: an answer written before posts were marked
+
+
+def turns_in_conversation(thread: Thread, me_id: str) -> int:
+    """How many turns the bot has taken in the conversation running in `thread`.
+
+    A turn is one human post the bot answered (or failed to answer: a notice used a turn too),
+    so the pages of one answer, and an answer plus the notice that cut it short, count once.
+    Only posts after the bot's newest goodbye (KIND_END) count: a conversation started anew
+    in the same thread starts from 0.
+    """
+    answered: set[str] = set()
+    last_other = ""  # the newest post not by the bot: what an unmarked answer answers
+    for post in thread.posts:
+        if post.user_id != me_id:
+            last_other = post.id
+            continue
+        kind = post.llmbot_kind
+        if kind == KIND_END:
+            answered.clear()
+        elif kind in _TURN_KINDS:
+            marker = post.props.get(PROP_ANSWERS)
+            answered.add(marker if isinstance(marker, str) and marker else last_other or post.id)
+    return len(answered)
