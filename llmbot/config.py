@@ -103,7 +103,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     max_threads = int(p.number("LLMBOT_MAX_BOUND_THREADS", 200_000, minimum=1, integer=True))
     idle_timeout = p.number("LLMBOT_LLM_IDLE_TIMEOUT", 60.0, minimum=0.1)
     llm_retries = int(p.number("LLMBOT_LLM_RETRIES", 3, minimum=0, integer=True))
-    access = {key: p.names(f"LLMBOT_{key.upper()}") for key in _ACCESS_LISTS}
+    access = {
+        "allow_teams": p.names("LLMBOT_ALLOW_TEAMS"),
+        "deny_teams": p.names("LLMBOT_DENY_TEAMS"),
+        "allow_channels": p.names("LLMBOT_ALLOW_CHANNELS"),
+        "deny_channels": p.names("LLMBOT_DENY_CHANNELS"),
+        "allow_users": p.names("LLMBOT_ALLOW_USERS"),
+        "deny_users": p.names("LLMBOT_DENY_USERS"),
+    }
     dms = p.flag("LLMBOT_DIRECT_MESSAGES", True)
     starts = int(p.number("LLMBOT_MAX_STARTS_PER_MINUTE", 10, minimum=0, integer=True))
     per_user = int(p.number("LLMBOT_MAX_CONVERSATIONS_PER_USER", 10, minimum=0, integer=True))
@@ -138,8 +145,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         **access,
     )
 
-
-_ACCESS_LISTS = ("allow_teams", "deny_teams", "allow_channels", "deny_channels", "allow_users", "deny_users")
 
 
 class _Parser:

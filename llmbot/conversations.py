@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class ConversationStore(Protocol):
 
     async def get(self, thread_id: str) -> Binding | None: ...
 
-    async def bind(self, thread_id: str, handler: str, started_by: str) -> Binding: ...
+    async def bind(self, thread_id: str, handler: str, started_by: str, idle: float = 0.0) -> Binding: ...
 
     async def touch(self, thread_id: str) -> Binding | None: ...
 
@@ -35,11 +35,16 @@ class ConversationStore(Protocol):
 
 
 class MemoryStore:
-    """A TTL cache: a thread with no activity for `ttl` seconds is unbound by expiry."""
+    """A TTL cache: a thread with no activity for `ttl` seconds is unbound by expiry.
+
+    Each binding expires `ttl` after its own last activity, so one rebuilt from a thread after a
+    restart (already idle for a while) ends when it would have ended without the restart."""
 
     def __init__(self, ttl: float, maxsize: int = 200_000, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
-        self._cache: TTLCache[str, Binding] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._cache: TLRUCache[str, Binding] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, binding, _now: binding.last_activity + ttl, timer=timer
+        )
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -47,8 +52,9 @@ class MemoryStore:
     async def get(self, thread_id: str) -> Binding | None:
         return self._cache.get(thread_id)
 
-    async def bind(self, thread_id: str, handler: str, started_by: str) -> Binding:
-        binding = Binding(handler=handler, started_by=started_by, last_activity=self._timer())
+    async def bind(self, thread_id: str, handler: str, started_by: str, idle: float = 0.0) -> Binding:
+        """Bind a thread; `idle` says how long ago its last activity was (0 for a new one)."""
+        binding = Binding(handler=handler, started_by=started_by, last_activity=self._timer() - idle)
         self._cache[thread_id] = binding
         return binding
 

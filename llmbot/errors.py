@@ -59,6 +59,10 @@ class ChatNotFound(ChatError):
 class ChatRateLimited(ChatError):
     status = 429
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds the server asked for, when it said
+
 
 class ChatBadRequest(ChatError):
     status = 400

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .context import ChatMessage, Speaker, build_messages, participants
-from .errors import ChatError, ChatForbidden, ChatNotFound, LLMError
+from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited, ContextTooLong, LLMError
 from .events import Posted
+from .policy import turns_in_conversation
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
-from .router import Continue, Decision, End, HandlerSpec, Start, Usage
+from .recovery import already_answered, newest_human_post
+from .router import Continue, Decision, End, HandlerSpec, Refuse, Start, Usage
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 from .thread import (
     KIND_ANSWER,
     KIND_END,
     KIND_NOTICE,
+    KIND_REFUSAL,
     KIND_USAGE,
     PROP_ANSWERS,
     PROP_HANDLER,
     PROP_KIND,
+    STATUS_LINE,
     Post,
     Thread,
 )
@@ -35,7 +40,12 @@ from .triggers import trigger_word
 log = logging.getLogger(__name__)
 
 TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
-FINAL_RETRY_AFTER = 1.0  # seconds before the last attempt to post a finished answer
+ATTEMPTS = 5  # tries of one Mattermost write (or thread read) before the turn gives up
+RETRY_BASE = 0.5  # seconds before the 2nd try, doubling: 0.5 + 1 + 2 + 4 = 7.5 s in all
+INTERRUPT_BUDGET = 2.0  # seconds a turn cut short by shutdown gets to say so in its post
+
+INTERRUPTED_MARK = "⚠️ Interrupted: I was restarted before I could finish. Ask again to continue."
+INTERRUPTED_NOTICE = "⚠️ I was restarted before I could answer this. Please ask again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class Turn:
     """One event the router sent to a handler."""
 
     event: Posted
+    replayed: bool = False  # came from a catch-up over REST, not live from the websocket
 
     @property
     def post(self) -> Post:
@@ -62,31 +73,47 @@ class Handler(Protocol):
 
     async def handle(self, decision: Decision, turn: Turn) -> None: ...
 
+    async def interrupted(self, turn: Turn) -> None: ...
+
 
 class TurnAborted(Exception):
     """The thread can no longer be answered (e.g. its root was deleted): unbind it."""
 
 
-def newest_human_post(thread: Thread, me_id: str) -> Post | None:
-    for post in reversed(thread.posts):
-        if post.user_id and post.user_id != me_id and not (post.from_bot or post.from_webhook or post.is_system):
-            return post
-    return None
+class ConversationOver(TurnAborted):
+    """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""
 
 
-def already_answered(thread: Thread, post: Post, me_id: str) -> bool:
-    """Did one of the bot's posts already take `post` (or something newer) into account?"""
-    created = {p.id: p.create_at for p in thread.posts}
-    for mine in thread.posts:
-        if mine.user_id != me_id:
-            continue
-        answered = mine.props.get(PROP_ANSWERS)
-        if isinstance(answered, str) and answered in created:
-            if created[answered] >= post.create_at:
-                return True
-        elif mine.create_at > post.create_at and mine.llmbot_kind in (None, KIND_ANSWER):
-            return True  # an answer written without the marker, after the post
-    return False
+_pending_ids = itertools.count()
+
+
+@dataclass
+class _Reply:
+    """One answer on its way into the thread: its text in pages, and the posts showing them."""
+
+    turn: Turn
+    props: dict[str, Any]
+    pages: ReplyPages = field(default_factory=ReplyPages)
+    posted: list[tuple[str, str]] = field(default_factory=list)  # (post id, text it shows)
+    # One pending_post_id per page, the same on every retry: Mattermost then answers a
+    # repeated create with the post it already made, so a lost response never doubles a post.
+    pending: list[str] = field(default_factory=list)
+
+    def pending_id(self, page: int, me_id: str) -> str:
+        while len(self.pending) <= page:
+            self.pending.append(f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}")
+        return self.pending[page]
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.pages.text.strip())
+
+
+def retry_wait(attempt: int, exc: ChatError, base: float) -> float:
+    """Seconds before the next try: what a 429 asked for, else exponential backoff."""
+    if isinstance(exc, ChatRateLimited) and exc.retry_after is not None:
+        return min(exc.retry_after, 30.0)
+    return base * 2**attempt
 
 
 class ChatHandler:
@@ -104,9 +131,12 @@ class ChatHandler:
         bot_name: str,
         context_tokens: int,
         reply_tokens: int,
+        max_turns: int = 0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         edit_interval: float = 1.0,
+        retry_base: float = RETRY_BASE,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.spec = spec
         self.chat = chat
@@ -117,56 +147,91 @@ class ChatHandler:
         self.bot_name = bot_name
         self.context_tokens = context_tokens
         self.reply_tokens = reply_tokens
+        self.max_turns = max_turns
         self.clock = clock
         self.now = now
         self.edit_interval = edit_interval
+        self.retry_base = retry_base
+        self.sleep = sleep
 
     async def handle(self, decision: Decision, turn: Turn) -> None:
         if isinstance(decision, (Start, Continue)):
             # A conversation opened by a new root post has a thread of exactly that post: the
-            # event carries it, so this first turn needs no thread fetch.
-            await self.answer(turn, known_thread=isinstance(decision, Start) and turn.post.is_root)
+            # event carries it, so this first turn needs no thread fetch. A replayed post may
+            # have been answered already: its thread is read to find out.
+            known = isinstance(decision, Start) and turn.post.is_root and not turn.replayed
+            await self.answer(turn, known_thread=known)
         elif isinstance(decision, End):
             await self._post(turn, self._goodbye(), KIND_END, answers=turn.post.id)
         elif isinstance(decision, Usage):
             await self._post(turn, self._usage(), KIND_USAGE, answers=turn.post.id)
+        elif isinstance(decision, Refuse):
+            await self._post(turn, decision.message, KIND_REFUSAL, answers=turn.post.id)
 
-    def _call_word(self) -> str:
+    def call_word(self) -> str:
         """How users call this handler: its trigger word, or the bot's @mention."""
         word = trigger_word(self.spec.triggers[0]) if self.spec.triggers else None
         return word or f"@{self.bot_name}"
 
     def _usage(self) -> str:
-        call = self._call_word()
+        call = self.call_word()
         return f"Ask me something after `{call}`, for example: `{call} how do I undo my last git commit?`"
 
     def _goodbye(self) -> str:
-        return f"👋 Conversation ended. Start a new one with `{self._call_word()}` whenever you like."
+        return f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like."
 
     async def answer(self, turn: Turn, *, known_thread: bool = False) -> None:
-        async with self._typing(turn) as stop_typing:
+        reply = _Reply(turn, {PROP_HANDLER: self.spec.name, PROP_KIND: KIND_ANSWER, PROP_ANSWERS: turn.post.id})
+        try:
+            async with self._typing(turn) as stop_typing:
+                thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await self._read_thread(turn)
+                if thread is None:
+                    return
+                newest = newest_human_post(thread, self.speaker.user_id)
+                if newest is None or already_answered(thread, newest, self.speaker.user_id):
+                    log.info("thread %s: nothing new to answer", turn.thread_id)
+                    return
+                reply.props[PROP_ANSWERS] = newest.id
+                if self.max_turns and turns_in_conversation(thread, self.speaker.user_id) >= self.max_turns:
+                    await self._post(turn, self._turn_cap(), KIND_END, answers=newest.id)
+                    raise ConversationOver(f"thread {turn.thread_id} reached {self.max_turns} turns")
+                names = await self.chat.usernames(thread.user_ids())
+                system = self._system_text(turn, thread, names)
+                budget = self.context_tokens
+                while True:
+                    messages = build_messages(thread, system, self.speaker, names, budget, self.tokenizer)
+                    try:
+                        await self._stream(reply, messages, stop_typing)
+                        return
+                    except ContextTooLong:  # raised only while nothing was shown yet
+                        if budget <= self.context_tokens // 4:
+                            await self._notice(turn, "⚠️ This conversation is too long for the language model. Please start a new one.", newest.id)
+                            return
+                        budget //= 4  # the server's limit is below ours: cut hard, once
+                        log.info("thread %s: context too long for the model; retrying with %d tokens", turn.thread_id, budget)
+        except asyncio.CancelledError:
+            await self._mark_interrupted(reply)
+            raise
+
+    def _turn_cap(self) -> str:
+        return (
+            f"This conversation has reached its limit of {self.max_turns} answers, so I'm leaving it here. "
+            f"Start a new one with `{self.call_word()}` whenever you like."
+        )
+
+    async def _read_thread(self, turn: Turn) -> Thread | None:
+        """The thread, read again after passing failures; None (and a notice) when it can't be."""
+        for attempt in range(ATTEMPTS):
             try:
-                thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await self.chat.get_thread(turn.thread_id)
+                return await self.chat.get_thread(turn.thread_id)
             except (ChatNotFound, ChatForbidden) as exc:
                 raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
             except ChatError as exc:
-                log.warning("thread %s: cannot read the thread: %s", turn.thread_id, exc)
-                await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
-                return
-            newest = newest_human_post(thread, self.speaker.user_id)
-            if newest is None or already_answered(thread, newest, self.speaker.user_id):
-                log.info("thread %s: nothing new to answer", turn.thread_id)
-                return
-            names = await self.chat.usernames(thread.user_ids())
-            messages = build_messages(
-                thread,
-                self._system_text(turn, thread, names),
-                self.speaker,
-                names,
-                self.context_tokens,
-                self.tokenizer,
-            )
-            await self._stream(turn, messages, newest.id, stop_typing)
+                log.warning("thread %s: cannot read the thread (try %d of %d): %s", turn.thread_id, attempt + 1, ATTEMPTS, exc)
+                if attempt + 1 < ATTEMPTS:
+                    await self.sleep(retry_wait(attempt, exc, self.retry_base))
+        await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
+        return None
 
     def _system_text(self, turn: Turn, thread: Thread, names: dict[str, str]) -> str:
         people = participants(thread, self.speaker, names)
@@ -182,10 +247,8 @@ class ChatHandler:
             participants=", ".join(f"@{p}" for p in people) or "(none yet)",
         )
 
-    async def _stream(self, turn: Turn, messages: list[ChatMessage], answers: str, stop_typing: Callable[[], None]) -> None:
-        props = {PROP_HANDLER: self.spec.name, PROP_KIND: KIND_ANSWER, PROP_ANSWERS: answers}
-        pages = ReplyPages()
-        posted: list[tuple[str, str]] = []  # (post id, text it shows)
+    async def _stream(self, reply: _Reply, messages: list[ChatMessage], stop_typing: Callable[[], None]) -> None:
+        turn = reply.turn
         throttle = EditThrottle(self.clock, self.edit_interval)
         started = self.clock()
         # The LLM is read in a task of its own, so a slow Mattermost call never stalls the stream;
@@ -201,34 +264,33 @@ class ChatHandler:
                     batch.append(deltas.get_nowait())
                 for item in batch:
                     if isinstance(item, LLMError):
-                        await self._try_sync(turn, pages, posted, props)  # keep the partial answer
-                        await self._notice(turn, f"⚠️ I could not finish this answer: {item.reason}. Please try again.", answers)
+                        if isinstance(item, ContextTooLong) and not reply.has_text:
+                            raise item
+                        await self._fail(reply, f"⚠️ I could not finish this answer: {item.reason}. Please try again.")
                         return
                     if item is None:
                         finished = True
                     else:
-                        pages.add(item)
-                if finished or (not posted and not pages.text.strip()):
+                        reply.pages.add(item)
+                if finished or (not reply.posted and not reply.has_text):
                     continue  # the final update comes below; and never create an empty post
-                if not posted or throttle.due():
+                if not reply.posted or throttle.due():
                     stop_typing()
-                    await self._try_sync(turn, pages, posted, props)  # a failed edit is retried next time
+                    await self._try_sync(reply)  # a failed update is retried at the next one
                     throttle.mark()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        if not pages.text.strip():
-            await self._notice(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", answers)
+        if not reply.has_text:
+            await self._notice(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", reply.props[PROP_ANSWERS])
             return
-        if not await self._try_sync(turn, pages, posted, props):
-            await asyncio.sleep(FINAL_RETRY_AFTER)
-            if not await self._try_sync(turn, pages, posted, props):
-                await self._notice(turn, "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", answers)
-                return
+        if not await self._deliver(reply):
+            await self._notice(turn, "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", reply.props[PROP_ANSWERS])
+            return
         log.info(
             "thread %s: answered in %d post(s), %d chars, %.2fs",
-            turn.thread_id, len(posted), len(pages.text), self.clock() - started,
+            turn.thread_id, len(reply.posted), len(reply.pages.text), self.clock() - started,
         )
 
     async def _read(self, messages: list[ChatMessage], out: asyncio.Queue[str | LLMError | None]) -> None:
@@ -242,30 +304,70 @@ class ChatHandler:
             return
         out.put_nowait(None)
 
-    async def _sync(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> None:
+    async def _fail(self, reply: _Reply, message: str) -> None:
+        """The answer can't be finished: say so under the partial text (one post, not two), or
+        in a notice of its own when there is no text or it can't be posted."""
+        if reply.has_text:
+            reply.pages.add(f"{STATUS_LINE}{message.removeprefix('⚠️ ')}_")
+            if await self._deliver(reply):
+                return
+        await self._notice(reply.turn, message, reply.props[PROP_ANSWERS])
+
+    async def _mark_interrupted(self, reply: _Reply) -> None:
+        """Shutdown cut this turn short: leave a word in the thread, within a short budget."""
+        try:
+            async with asyncio.timeout(INTERRUPT_BUDGET):
+                if reply.posted:
+                    reply.pages.add(f"{STATUS_LINE}{INTERRUPTED_MARK.removeprefix('⚠️ ')}_")
+                    await self._sync(reply)
+                else:
+                    await self._post(reply.turn, INTERRUPTED_NOTICE, KIND_NOTICE, answers=reply.props[PROP_ANSWERS], attempts=1)
+        except (ChatError, TurnAborted, TimeoutError) as exc:
+            log.warning("thread %s: could not mark the answer as interrupted: %s", reply.turn.thread_id, exc)
+
+    async def interrupted(self, turn: Turn) -> None:
+        """A queued turn that shutdown left unanswered."""
+        await self._mark_interrupted(_Reply(turn, {PROP_ANSWERS: turn.post.id}))
+
+    async def _sync(self, reply: _Reply) -> None:
         """Make the posts show the pages: patch changed ones, create the missing ones."""
-        for i, text in enumerate(pages.pages):
+        for i, text in enumerate(reply.pages.pages):
             if not text.strip():
                 continue
-            if i < len(posted):
-                post_id, shown = posted[i]
+            if i < len(reply.posted):
+                post_id, shown = reply.posted[i]
                 if shown != text:
                     await self.chat.patch_post(post_id, defuse_broadcasts(text))
-                    posted[i] = (post_id, text)
+                    reply.posted[i] = (post_id, text)
             else:
-                post = await self.chat.create_post(turn.channel_id, defuse_broadcasts(text), turn.thread_id, props)
-                posted.append((post.id, text))
+                pending = reply.pending_id(i, self.speaker.user_id)
+                post = await self.chat.create_post(reply.turn.channel_id, defuse_broadcasts(text), reply.turn.thread_id, reply.props, pending)
+                reply.posted.append((post.id, text))
 
-    async def _try_sync(self, turn: Turn, pages: ReplyPages, posted: list[tuple[str, str]], props: dict[str, Any]) -> bool:
+    async def _try_sync(self, reply: _Reply) -> bool:
         """_sync, where a passing Mattermost failure is logged and reported as False."""
         try:
-            await self._sync(turn, pages, posted, props)
+            await self._sync(reply)
         except (ChatNotFound, ChatForbidden) as exc:
-            raise TurnAborted(f"thread {turn.thread_id} cannot be answered: {exc}") from exc
+            raise TurnAborted(f"thread {reply.turn.thread_id} cannot be answered: {exc}") from exc
         except ChatError as exc:
-            log.warning("thread %s: updating the answer failed: %s", turn.thread_id, exc)
+            log.warning("thread %s: updating the answer failed: %s", reply.turn.thread_id, exc)
             return False
         return True
+
+    async def _deliver(self, reply: _Reply) -> bool:
+        """_sync until it succeeds, with backoff (429s wait as asked); False after ATTEMPTS."""
+        for attempt in range(ATTEMPTS):
+            try:
+                await self._sync(reply)
+                return True
+            except (ChatNotFound, ChatForbidden, ChatBadRequest) as exc:  # (400: e.g. the root went away)
+                raise TurnAborted(f"thread {reply.turn.thread_id} cannot be answered: {exc}") from exc
+            except ChatError as exc:
+                log.warning("thread %s: posting the answer failed (try %d of %d): %s", reply.turn.thread_id, attempt + 1, ATTEMPTS, exc)
+                if attempt + 1 < ATTEMPTS:
+                    await self.sleep(retry_wait(attempt, exc, self.retry_base))
+        return False
 
     async def _notice(self, turn: Turn, message: str, answers: str) -> None:
         """Best effort: a short notice in the thread; if even that fails, a log line."""
@@ -274,12 +376,21 @@ class ChatHandler:
         except ChatError as exc:
             log.warning("thread %s: notice not posted (%s): %s", turn.thread_id, exc, message)
 
-    async def _post(self, turn: Turn, message: str, kind: str, *, answers: str) -> None:
+    async def _post(self, turn: Turn, message: str, kind: str, *, answers: str, attempts: int = ATTEMPTS) -> None:
+        """One short post of the bot's, retried like an answer (and just as never doubled)."""
         props = {PROP_HANDLER: self.spec.name, PROP_KIND: kind, PROP_ANSWERS: answers}
-        try:
-            await self.chat.create_post(turn.channel_id, message, turn.thread_id, props)
-        except ChatNotFound as exc:
-            raise TurnAborted(f"thread {turn.thread_id} is gone: {exc}") from exc
+        pending = f"{self.speaker.user_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
+        for attempt in range(attempts):
+            try:
+                await self.chat.create_post(turn.channel_id, message, turn.thread_id, props, pending)
+                return
+            except (ChatNotFound, ChatForbidden, ChatBadRequest) as exc:
+                raise TurnAborted(f"thread {turn.thread_id} is gone: {exc}") from exc
+            except ChatError as exc:
+                if attempt + 1 >= attempts:
+                    raise
+                log.warning("thread %s: posting failed (try %d of %d): %s", turn.thread_id, attempt + 1, attempts, exc)
+                await self.sleep(retry_wait(attempt, exc, self.retry_base))
 
     @contextlib.asynccontextmanager
     async def _typing(self, turn: Turn) -> AsyncIterator[Callable[[], None]]:

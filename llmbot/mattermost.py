@@ -9,10 +9,13 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from cachetools import LRUCache
 from httpx_aiohttp import AiohttpTransport
@@ -37,6 +40,27 @@ log = logging.getLogger(__name__)
 
 THREAD_PAGE = 200  # the server's maximum perPage
 MAX_THREAD_PAGES = 100  # 20,000 posts: far past any context budget; stops a runaway loop
+SINCE_LIMIT = 1000  # the server returns at most this many posts for ?since=
+HEARTBEAT = 30.0  # seconds between websocket pings; a dead peer is noticed within 1.5x this
+STABLE_AFTER = 60.0  # a connection that lived this long resets the reconnect backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel the bot is a member of, as the catch-up needs it."""
+
+    id: str
+    type: str
+    name: str
+    display_name: str
+    team_id: str
+    last_post_at: int
+
+
+def reconnect_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so replicas don't reconnect in step."""
+    ceiling = min(cap, base * 2**attempt)
+    return ceiling / 2 + rng() * ceiling / 2
 
 
 def translate(exc: BaseException) -> ChatError:
@@ -51,7 +75,7 @@ def translate(exc: BaseException) -> ChatError:
     if isinstance(exc, mm.ResourceNotFound):
         return ChatNotFound(message)
     if isinstance(exc, mm.TooManyRequests):
-        return ChatRateLimited(message)
+        return ChatRateLimited(message, getattr(exc, "retry_after", None))
     if isinstance(exc, (mm.InvalidOrMissingParameters, mm.ContentTooLarge)):
         return ChatBadRequest(message)
     if isinstance(exc, mm.MattermostError):  # 5xx and the rarer 4xx (405, 501)
@@ -65,22 +89,46 @@ def translate(exc: BaseException) -> ChatError:
     return ChatUnavailable(f"unexpected Mattermost client error: {type(exc).__name__}: {message}")
 
 
-class _SocketWithSend(Websocket):
-    """The driver's websocket, keeping hold of the live socket so we can send actions on it."""
+class _SupervisedSocket(Websocket):
+    """The driver's websocket for ONE connection: `connect_once` returns or raises when it ends,
+    and MattermostChat.listen decides whether and when to reconnect (the driver's own loop
+    retries forever, even with a revoked token). Keeps the live socket to send actions on."""
 
     live: Any = None
+    authenticated = False
 
     async def _authenticate_websocket(self, websocket: Any, event_handler: Any) -> bool:
         result = await super()._authenticate_websocket(websocket, event_handler)
         self.live = websocket
+        self.authenticated = True
         return bool(result)
+
+    async def connect_once(self, url: str, event_handler: Callable[[str], Awaitable[None]]) -> None:
+        self._alive = True
+        self.authenticated = False
+        async with aiohttp.ClientSession() as session:
+            # heartbeat: aiohttp pings and closes a connection whose peer stopped answering,
+            # so a half-open TCP connection cannot silence the bot.
+            async with session.ws_connect(url, heartbeat=HEARTBEAT, proxy=self.options.get("proxy")) as websocket:
+                try:
+                    await self._authenticate_websocket(websocket, event_handler)
+                    await self._start_loop(websocket, event_handler)
+                finally:
+                    self.live = None
 
 
 class MattermostChat:
     """REST calls and the event socket, in the bot's terms."""
 
     def __init__(
-        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, max_retries: int = 3
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 3,
+        reconnect_base: float = 1.0,
+        reconnect_cap: float = 60.0,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         url = settings.mattermost_url
         options: dict[str, Any] = {
@@ -97,8 +145,11 @@ class MattermostChat:
         # per request when hundreds of turns run at once (see bench/bench_concurrency.py).
         options["transport"] = transport if transport is not None else AiohttpTransport()
         self._driver = AsyncTypedDriver(options)
+        self._ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.host}:{url.port}/api/v4/websocket"
+        self._secrets = settings.secrets()
+        self._reconnect = (reconnect_base, reconnect_cap, rng)
         self._names: LRUCache[str, str] = LRUCache(maxsize=50_000)
-        self._socket: _SocketWithSend | None = None
+        self._socket: _SupervisedSocket | None = None
         self._send_lock = asyncio.Lock()
         self._seq = itertools.count(2)  # seq 1 is the driver's authentication challenge
         self.me: Identity | None = None
@@ -126,6 +177,12 @@ class MattermostChat:
         self.me = Identity(me["id"], me["username"], mention_pattern(me["username"]))
         self._names[me["id"]] = me["username"]
         return self.me
+
+    async def check_account(self) -> None:
+        """users/me again: raises ChatAuthError when the token was revoked or the bot deactivated."""
+        me = await self._call("users/me", self._driver.users.get_user("me"))
+        if isinstance(me, dict) and isinstance(me.get("delete_at"), int) and me["delete_at"] > 0:
+            raise ChatAuthError("the bot account is deactivated")
 
     async def get_thread(self, root_id: str) -> Thread:
         """The whole thread, paged explicitly (oldest first) and sorted by create_at."""
@@ -171,18 +228,59 @@ class MattermostChat:
                     self._names[user["id"]] = user["username"]
         return {i: self._names[i] for i in ids if i in self._names}
 
-    async def create_post(self, channel_id: str, message: str, root_id: str, props: dict[str, Any]) -> Post:
-        data = await self._call(
-            "create post",
-            self._driver.posts.create_post(channel_id=channel_id, message=message, root_id=root_id or None, props=props),
-        )
+    async def channels(self) -> list[Channel]:
+        """Every channel the bot is a member of, across teams, DMs and group messages included."""
+        data = await self._call("my channels", self._driver.channels.get_channels_for_user("me"))
+        channels = []
+        for c in data if isinstance(data, list) else []:
+            if isinstance(c, dict) and isinstance(c.get("id"), str):
+                last = c.get("last_post_at")
+                channels.append(Channel(
+                    c["id"], _str(c.get("type")), _str(c.get("name")), _str(c.get("display_name")),
+                    _str(c.get("team_id")), last if isinstance(last, int) else 0,
+                ))
+        return channels
+
+    async def teams(self) -> dict[str, str]:
+        """Team names by id, for access lists written with names."""
+        data = await self._call("my teams", self._driver.teams.get_teams_for_user("me"))
+        return {t["id"]: _str(t.get("name")) for t in data if isinstance(t, dict) and isinstance(t.get("id"), str)} if isinstance(data, list) else {}
+
+    async def posts_since(self, channel_id: str, since_ms: int) -> tuple[list[Post], bool]:
+        """Posts of a channel created after `since_ms`, oldest first, and whether the server's
+        cap of 1000 cut the answer short (the catch-up then says so in the log)."""
+        data = await self._call("posts since", self._driver.posts.get_posts_for_channel(channel_id, since=since_ms))
+        order = data.get("order") if isinstance(data, dict) else None
+        posts = [p for p in posts_from_post_list(data) if p.create_at > since_ms and not p.delete_at]
+        posts.sort(key=lambda p: (p.create_at, p.id))
+        return posts, isinstance(order, list) and len(order) >= SINCE_LIMIT
+
+    async def create_post(
+        self, channel_id: str, message: str, root_id: str, props: dict[str, Any], pending_id: str = ""
+    ) -> Post:
+        """One create. With `pending_id` (the same on every retry of one post) the server
+        answers a repeat with the post it already made: a retry after a lost response
+        never shows the reply twice."""
+        body: dict[str, Any] = {"channel_id": channel_id, "message": self._redact(message), "props": props}
+        if root_id:
+            body["root_id"] = root_id
+        if pending_id:
+            body["pending_post_id"] = pending_id
+        data = await self._call("create post", self._driver.client.post("/api/v4/posts", options=body))
         post = post_from_json(data)
         if post is None:
             raise ChatUnavailable("create post: the server returned no post")
         return post
 
     async def patch_post(self, post_id: str, message: str) -> None:
-        await self._call("patch post", self._driver.posts.patch_post(post_id, message=message))
+        await self._call("patch post", self._driver.posts.patch_post(post_id, message=self._redact(message)))
+
+    def _redact(self, text: str) -> str:
+        """A last guard: no secret of the bot's is ever posted, whatever produced the text."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     async def send_typing(self, channel_id: str, parent_id: str) -> None:
         """Typing indicator over the open socket (no REST call); skipped when it is down."""
@@ -199,15 +297,48 @@ class MattermostChat:
             log.debug("typing indicator not sent: %s", exc)
 
     async def listen(self, on_frame: Callable[[str], Awaitable[None]]) -> None:
-        """Feed every websocket frame to `on_frame` until cancelled. The driver reconnects."""
+        """Feed every websocket frame to `on_frame` until cancelled, reconnecting with jittered
+        exponential backoff. Raises ChatAuthError when the server refuses the bot's token: a
+        revoked token or a deactivated bot must stop the process, not retry forever."""
 
         async def guarded(raw: str) -> None:
             self.last_frame_at = time.monotonic()
             try:
                 await on_frame(raw)
-            except Exception:  # noqa: BLE001 - an exception here would make the driver drop the socket
+            except Exception:  # noqa: BLE001 - an exception here would drop the socket
                 log.exception("websocket frame handler failed; frame skipped")
 
-        connect = self._driver.init_websocket(guarded, websocket_cls=_SocketWithSend)
-        self._socket = self._driver.websocket
-        await connect
+        base, cap, rng = self._reconnect
+        socket = self._socket = _SupervisedSocket(self._driver.options, self._driver.client.token)
+        attempt = 0
+        while True:
+            opened = time.monotonic()
+            try:
+                await socket.connect_once(self._ws_url, guarded)
+                why = "closed"
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, TypeError, ValueError) as exc:
+                # TypeError: aiohttp's receive_str() on a CLOSE frame (WSMessageTypeError)
+                why = f"lost ({type(exc).__name__}: {exc})" if str(exc) else f"lost ({type(exc).__name__})"
+            if not socket.authenticated:
+                await self._check_token()
+            if socket.authenticated and time.monotonic() - opened >= STABLE_AFTER:
+                attempt = 0
+            delay = reconnect_delay(attempt, base, cap, rng)
+            attempt += 1
+            log.warning("websocket %s; reconnecting in %.1fs", why, delay)
+            await asyncio.sleep(delay)
+
+    async def _check_token(self) -> None:
+        """The socket closed before it was accepted: a refused token ends listen() (fatal),
+        anything else (the server is down, a proxy) is retried."""
+        try:
+            await self.check_account()
+        except ChatAuthError:
+            log.error("Mattermost refuses the bot's token (revoked, or the bot account was deactivated)")
+            raise
+        except ChatError as exc:
+            log.warning("Mattermost is not reachable: %s", exc)
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""

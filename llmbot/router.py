@@ -65,7 +65,15 @@ class Usage:
     handler: str
 
 
-Decision = Ignore | Start | Continue | End | Usage
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A limit or a policy says no; `message` tells the user (the app decides this, not route())."""
+
+    handler: str
+    message: str
+
+
+Decision = Ignore | Start | Continue | End | Usage | Refuse
 
 
 def route(

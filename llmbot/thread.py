@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -9,13 +10,19 @@ from typing import Any, NamedTuple
 
 # Keys of the props llmbot writes on its own posts: the thread records the conversation.
 PROP_HANDLER = "llmbot_handler"  # which handler wrote this post
-PROP_KIND = "llmbot_kind"  # answer | notice | end | usage
+PROP_KIND = "llmbot_kind"  # answer | notice | end | usage | refusal
 PROP_ANSWERS = "llmbot_answers"  # id of the newest human post this answer took into account
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 KIND_ANSWER = "answer"
 KIND_NOTICE = "notice"
 KIND_END = "end"
 KIND_USAGE = "usage"
+KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
+# How the bot appends a status to an answer it could not finish ("\n\n_⚠️ ..._"); the context
+# builder drops it, as it drops notices.
+STATUS_LINE = "\n\n_⚠️ "
 
 
 class Post(NamedTuple):
@@ -54,6 +61,12 @@ class Post(NamedTuple):
     @property
     def is_system(self) -> bool:
         return bool(self.type)  # normal posts have type ""; joins, header changes... are "system_*"
+
+    @property
+    def is_human(self) -> bool:
+        """Written by a person: not a bot, a webhook or the system (the bot's own posts are
+        from_bot too)."""
+        return bool(self.user_id) and not (self.from_bot or self.from_webhook or self.is_system)
 
     @property
     def llmbot_kind(self) -> str | None:
@@ -130,4 +143,19 @@ def posts_from_post_list(data: Any) -> list[Post]:
     raw = data.get("posts")
     if not isinstance(raw, Mapping):
         return []
-    return [p for p in (post_from_json(v) for v in raw.values()) if p is not None]
+    posts = [p for p in (post_from_json(v) for v in raw.values()) if p is not None]
+    return [p if _encodable(p.message) else p._replace(message=_repaired(p.message)) for p in posts]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _repaired(text: str) -> str:
+    """Lone surrogates (which Python's JSON decoder lets through, and a proxy could send) made
+    U+FFFD, as Mattermost's own encoder would: one such post must not poison its thread."""
+    return _SURROGATE.sub("\ufffd", text)

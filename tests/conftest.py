@@ -79,6 +79,17 @@ class Running:
     def me(self) -> dict:
         return self.mm.bot
 
+    async def stop(self) -> None:
+        """Stop this bot like a crash would: no drain, no goodbye (restart tests)."""
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        await self.bot.chat.close()
+        await self.bot.llm.close()
+        await self.mm.wait_for(lambda: self.mm.ws_clients == 0, timeout=5)
+
     def replies(self, root_id: str) -> list[dict]:
         """The bot's posts in a thread, oldest first."""
         return [p for p in self.mm.thread(root_id) if p["user_id"] == self.mm.bot["id"]]
@@ -106,17 +117,21 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
         settings = make_settings(mm, llm_server, **overrides)
         store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock)
         bot = bot_for(settings, store=store, edit_interval=edit_interval)
+        bot.retry_base = 0.02  # Mattermost retries back off for real: keep the tests quick
         await bot.start()
         run = Running(bot, mm, llm_server, clock)
         running.append(run)
         run.tasks.append(asyncio.create_task(bot.chat.listen(bot.on_frame)))
-        await mm.wait_for(lambda: mm.ws_clients >= len(running), timeout=5)
+        await mm.wait_for(lambda: mm.ws_clients >= sum(1 for r in running if r.tasks), timeout=5)
         await asyncio.sleep(0.05)  # let the hello/OK frames through before the test posts
+        await bot.idle()  # the start-up catch-up
         return run
 
     yield start
 
     for run in running:
+        if not run.tasks:
+            continue  # stopped by the test
         for task in run.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

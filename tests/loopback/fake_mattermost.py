@@ -68,6 +68,17 @@ class _Failure:
     body: Any
     headers: dict
     content_type: str
+    after: bool = False  # the call takes effect, then the answer is an error (a lost response)
+
+
+@dataclass
+class _FaultRate:
+    """Random REST faults for soak tests: a fraction of calls fail (seeded, reproducible)."""
+
+    probability: float
+    rng: random.Random
+    statuses: tuple[int, ...]
+    injected: int = 0
 
 
 @dataclass
@@ -108,10 +119,14 @@ class FakeMattermost:
         self.typing: list[tuple[str, str, str, str]] = []
         self.edits: list[tuple[str, str, float]] = []
         self._failures: list[_Failure] = []
+        self._fault_rate: _FaultRate | None = None
+        self.pending_post_ids: dict[str, str] = {}  # pending_post_id -> post id (the server's dedupe)
         self._conns: list[_WsConn] = []
         self._last_ms = 0
         self._runner: web.AppRunner | None = None
         self._port = 0
+        self.teams: dict[str, dict] = {}
+        self.add_team("team1")
         self.bot_token = "bot-token-123"
         self.bot = self.add_user("llmbot", is_bot=True, token=self.bot_token)
 
@@ -125,6 +140,9 @@ class FakeMattermost:
         r.add_post("/api/v4/users/ids", self._get_users_by_ids)
         r.add_post("/api/v4/users/{user_id}/typing", self._publish_typing)
         r.add_get("/api/v4/channels/{channel_id}", self._get_channel)
+        r.add_get("/api/v4/channels/{channel_id}/posts", self._get_channel_posts)
+        r.add_get("/api/v4/users/{user_id}/channels", self._get_channels_for_user)
+        r.add_get("/api/v4/users/{user_id}/teams", self._get_teams_for_user)
         r.add_post("/api/v4/posts", self._create_post)
         r.add_get("/api/v4/posts/{post_id}", self._get_post)
         r.add_delete("/api/v4/posts/{post_id}", self._delete_post_rest)
@@ -188,6 +206,22 @@ class FakeMattermost:
         self.channels[cid] = channel
         self.members[cid] = [_id_of(m) for m in members]
         return copy.deepcopy(channel)
+
+    def add_team(self, team_id: str, name: str | None = None, display_name: str | None = None) -> dict:
+        now = self._now_ms()
+        team = {"id": team_id, "create_at": now, "update_at": now, "delete_at": 0, "name": name or team_id,
+                "display_name": display_name or (name or team_id).capitalize(), "type": "O"}
+        self.teams[team_id] = team
+        return copy.deepcopy(team)
+
+    async def revoke(self, user: dict | str) -> None:
+        """Revoke every token of `user` (a deactivated bot, a deleted token) and drop its sockets."""
+        uid = _id_of(user)
+        for token in [t for t, u in self.tokens.items() if u == uid]:
+            del self.tokens[token]
+        conns = [c for c in self._conns if c.user_id == uid]
+        await asyncio.gather(*(c.ws.close(code=1000, message=b"session revoked") for c in conns),
+                             return_exceptions=True)
 
     def add_member(self, channel: dict | str, user: dict | str) -> None:
         members = self.members[_id_of(channel)]
@@ -294,10 +328,22 @@ class FakeMattermost:
 
     # ------------------------------------------------------------ fault injection
     def fail_next(self, method: str, path_regex: str, status: int, *, times: int = 1, body: Any = None,
-                  headers: dict | None = None, content_type: str = "application/json") -> None:
-        """Make the next `times` REST calls matching method ("*" = any) and path fail."""
+                  headers: dict | None = None, content_type: str = "application/json", after: bool = False) -> None:
+        """Make the next `times` REST calls matching method ("*" = any) and path fail.
+
+        after=True: the call is carried out first and only its answer is the error, like a
+        response lost on the way back (the post exists, the client saw a failure)."""
         self._failures.append(_Failure(method.upper(), re.compile(path_regex), status, times,
-                                       body, dict(headers or {}), content_type))
+                                       body, dict(headers or {}), content_type, after))
+
+    def fail_rate(self, probability: float, *, seed: int = 0, statuses: tuple[int, ...] = (429, 500, 502, 503)) -> None:
+        """From now on a `probability` share of REST calls fail with one of `statuses` (a POST
+        /posts failing with 500 is sometimes carried out first: a lost response)."""
+        self._fault_rate = _FaultRate(probability, random.Random(seed), statuses)
+
+    @property
+    def faults_injected(self) -> int:
+        return self._fault_rate.injected if self._fault_rate else 0
 
     async def send_raw(self, text: str) -> None:
         """Send an arbitrary text frame to every authenticated websocket client."""
@@ -477,26 +523,36 @@ class FakeMattermost:
             "request_id": request[REQUEST_ID], "status_code": err.status,
         }, status=err.status)
 
-    def _injected_failure(self, request: web.Request) -> web.Response | None:
+    def _injected_failure(self, request: web.Request) -> _Failure | None:
         for failure in self._failures:
             if failure.method not in ("*", request.method) or not failure.pattern.search(request.path):
                 continue
             failure.remaining -= 1
             if failure.remaining <= 0:
                 self._failures.remove(failure)
-            headers, body, ctype = dict(failure.headers), failure.body, failure.content_type
-            if failure.status == 429:
-                # What the real rate limiter sends: plain text plus Retry-After.
-                headers = {"Retry-After": "1", "X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
-                           "X-RateLimit-Reset": "1", **headers}
-                if body is None:
-                    body, ctype = "limit exceeded\n", "text/plain"
-            if body is None:
-                body = {"id": "fake.injected.app_error", "message": f"injected failure {failure.status}",
-                        "detailed_error": "", "request_id": request[REQUEST_ID], "status_code": failure.status}
-            raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
-            return web.Response(body=raw, status=failure.status, content_type=ctype, headers=headers)
+            return failure
+        rate = self._fault_rate
+        if rate is not None and request.path != WS_PATH and rate.rng.random() < rate.probability:
+            rate.injected += 1
+            status = rate.rng.choice(rate.statuses)
+            after = status == 500 and request.method == "POST" and rate.rng.random() < 0.5
+            headers = {"Retry-After": "0"} if status == 429 else {}
+            return _Failure(request.method, re.compile(""), status, 1, None, headers, "application/json", after)
         return None
+
+    def _failure_response(self, request: web.Request, failure: _Failure) -> web.Response:
+        headers, body, ctype = dict(failure.headers), failure.body, failure.content_type
+        if failure.status == 429:
+            # What the real rate limiter sends: plain text plus Retry-After.
+            headers = {"Retry-After": "1", "X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
+                       "X-RateLimit-Reset": "1", **headers}
+            if body is None:
+                body, ctype = "limit exceeded\n", "text/plain"
+        if body is None:
+            body = {"id": "fake.injected.app_error", "message": f"injected failure {failure.status}",
+                    "detailed_error": "", "request_id": request[REQUEST_ID], "status_code": failure.status}
+        raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        return web.Response(body=raw, status=failure.status, content_type=ctype, headers=headers)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -510,8 +566,8 @@ class FakeMattermost:
             request[BODY] = body
             self.requests.append((request.method, request.path, dict(request.query), body))
         failure = self._injected_failure(request)
-        if failure is not None:
-            return failure
+        if failure is not None and not failure.after:
+            return self._failure_response(request, failure)
         try:
             if request.path != WS_PATH:
                 user_id = self._user_from_header(request.headers.get("Authorization", ""))
@@ -519,7 +575,8 @@ class FakeMattermost:
                     raise ApiError(401, "api.context.session_expired.app_error",
                                    "Invalid or expired session, please login again.")
                 request[USER_ID] = user_id
-            return await handler(request)
+            response = await handler(request)
+            return self._failure_response(request, failure) if failure is not None else response
         except ApiError as err:
             return self._app_error(request, err)
         except web.HTTPException as exc:  # router 404/405: Mattermost answers with an AppError
@@ -573,10 +630,50 @@ class FakeMattermost:
         self._check_root(channel["id"], root_id)
         if len(message) > MAX_MESSAGE_RUNES:  # len() of a str counts code points = runes
             raise ApiError(400, "model.post.is_valid.message_length.app_error", "Invalid Message property.")
+        pending = str(body.get("pending_post_id") or "")
+        if pending in self.pending_post_ids:  # the server's deduplicateCreatePost: the same post again
+            return _json_response(self.posts[self.pending_post_ids[pending]], status=201)
         post = self._store_post(request[USER_ID], channel["id"], message, root_id=root_id, props=props,
-                                file_ids=body.get("file_ids"), pending_post_id=str(body.get("pending_post_id") or ""))
+                                file_ids=body.get("file_ids"), pending_post_id=pending)
+        if pending:
+            self.pending_post_ids[pending] = post["id"]
         await self._broadcast_posted(post)
         return _json_response(post, status=201)
+
+    async def _get_channels_for_user(self, request: web.Request) -> web.Response:
+        uid = request.match_info["user_id"]
+        uid = request[USER_ID] if uid == "me" else uid
+        if uid != request[USER_ID]:
+            raise ApiError(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
+        return _json_response([c for cid, c in self.channels.items() if uid in self.members[cid] and not c["delete_at"]])
+
+    async def _get_teams_for_user(self, request: web.Request) -> web.Response:
+        uid = request.match_info["user_id"]
+        uid = request[USER_ID] if uid == "me" else uid
+        team_ids = {self.channels[cid]["team_id"] for cid, m in self.members.items() if uid in m}
+        return _json_response([t for tid, t in self.teams.items() if tid in team_ids])
+
+    async def _get_channel_posts(self, request: web.Request) -> web.Response:
+        """?since=ms as the server's GetPostsSince: every post UPDATED after `since` (deleted ones
+        too), newest first, at most 1000, plus the roots of their threads; else a plain page."""
+        channel = self._channel_for(request, request.match_info["channel_id"])
+        rows = [p for p in self.posts.values() if p["channel_id"] == channel["id"]]
+        try:
+            since = int(request.query.get("since") or 0)
+            page, per_page = int(request.query.get("page") or 0), int(request.query.get("per_page") or 60)
+        except ValueError:
+            raise ApiError(400, "api.context.invalid_url_param.app_error", "Invalid or missing parameter in request URL.") from None
+        if since:
+            rows = sorted((p for p in rows if p["update_at"] > since), key=lambda p: p["create_at"], reverse=True)[:1000]
+        else:
+            rows = sorted((p for p in rows if not p["delete_at"]), key=lambda p: p["create_at"], reverse=True)
+            rows = rows[page * per_page:(page + 1) * per_page]
+        posts = {p["id"]: p for p in rows}
+        order = [p["id"] for p in rows]
+        for p in rows:
+            if p["root_id"] and p["root_id"] in self.posts:
+                posts.setdefault(p["root_id"], self.posts[p["root_id"]])
+        return _json_response({"order": order, "posts": posts, "next_post_id": "", "prev_post_id": "", "has_next": False})
 
     async def _get_post(self, request: web.Request) -> web.Response:
         return _json_response(self._visible_post(request, request.match_info["post_id"]))

@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-import pytest
-
+from llmbot.handler import ATTEMPTS
 from llmbot.thread import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
-
-
-@dataclass
-class World:
-    alice: dict
-    bob: dict
-    john: dict
-    marc: dict
-    other_bot: dict
-    town: dict  # a public channel the bot is in
-    dm: dict  # alice <-> bot
-
-
-@pytest.fixture
-def world(mm) -> World:
-    alice, bob = mm.add_user("alice"), mm.add_user("bob")
-    john, marc = mm.add_user("john"), mm.add_user("marc")
-    other_bot = mm.add_user("otherbot", is_bot=True)
-    town = mm.add_channel("town-square", members=(mm.bot, alice, bob, john, marc, other_bot), display_name="Town Square")
-    return World(alice, bob, john, marc, other_bot, town, mm.dm_channel(alice, mm.bot))
-
-
-def user_turns(request: dict) -> list[dict]:
-    return [m for m in request["messages"] if m["role"] == "user"]
+from tests.loopback.conftest import user_turns
 
 
 class TestOpeningAConversation:
@@ -224,18 +199,20 @@ class TestBadInput:
         assert (await run.wait_replies(post["id"], 1))[0]["message"] == "ok"
         assert caplog.text.count("websocket frame skipped") == 5
 
-    async def test_an_llm_error_mid_stream_keeps_the_partial_text_and_posts_a_notice(self, start_bot, world, mm, llm_server):
+    async def test_an_llm_error_mid_stream_keeps_the_partial_text_and_says_so_in_the_same_post(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         llm_server.enqueue(["The answer", " is forty"], fail_after=2, delay=0.05)
         post = await mm.post_as(world.alice, world.town, "gpt what is six times seven?")
-        partial, notice = await run.wait_replies(post["id"], 2)
-        assert partial["message"] == "The answer is forty"
-        assert notice["props"][PROP_KIND] == KIND_NOTICE
-        assert "Traceback" not in notice["message"] and "⚠️" in notice["message"]
+        (partial,) = await run.wait_replies(post["id"], 1)
+        await mm.wait_for(lambda: "⚠️" in run.replies(post["id"])[0]["message"])
+        partial = run.replies(post["id"])[0]
+        assert partial["message"].startswith("The answer is forty\n\n_⚠️ I could not finish this answer: ")
+        assert "Traceback" not in partial["message"]
+        assert len(run.replies(post["id"])) == 1  # one post for the turn, not an answer plus a notice
         llm_server.enqueue(["42."])
         await mm.post_as(world.alice, world.town, "try again", root_id=post["id"])
-        assert (await run.wait_replies(post["id"], 3))[-1]["message"] == "42."
-        # the notice is not part of the conversation the model sees
+        assert (await run.wait_replies(post["id"], 2))[-1]["message"] == "42."
+        # the status line is not part of the conversation the model sees
         assert all("⚠️" not in m["content"] for m in llm_server.requests[-1]["messages"])
 
     async def test_an_llm_error_before_any_text_posts_only_a_notice(self, start_bot, world, mm, llm_server):
@@ -334,17 +311,26 @@ class TestMattermostFaults:
 
     async def test_a_reply_that_cannot_be_posted_gets_a_notice_instead(self, start_bot, world, mm, llm_server):
         run = await start_bot()
-        mm.fail_next("POST", r"/api/v4/posts$", 500, times=2)  # the answer and its one retry
+        mm.fail_next("POST", r"/api/v4/posts$", 500, times=1 + ATTEMPTS)  # the first show, then every final try
         post = await mm.post_as(world.alice, world.town, "gpt hello")
         (notice,) = await run.wait_replies(post["id"], 1)
         assert notice["props"][PROP_KIND] == KIND_NOTICE
         assert "Mattermost returned an error" in notice["message"]
 
+    async def test_a_thread_read_that_fails_once_is_read_again(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        root = await mm.post_as(world.alice, world.town, "gpt hello")
+        await run.wait_replies(root["id"], 1)
+        mm.fail_next("GET", r"/thread$", 500)  # the driver retries only 502-504; the handler retries
+        await mm.post_as(world.alice, world.town, "and then?", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["message"] == "ok" and replies[-1]["props"][PROP_KIND] == "answer"
+
     async def test_an_unreadable_thread_gets_a_notice_and_the_bot_keeps_going(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         root = await mm.post_as(world.alice, world.town, "gpt hello")
         await run.wait_replies(root["id"], 1)
-        mm.fail_next("GET", r"/thread$", 500)  # the driver retries only 502-504
+        mm.fail_next("GET", r"/thread$", 500, times=ATTEMPTS)
         await mm.post_as(world.alice, world.town, "and then?", root_id=root["id"])
         notice = (await run.wait_replies(root["id"], 2))[-1]
         assert "could not read this thread" in notice["message"]
