@@ -1,0 +1,143 @@
+"""recovery: live conversations and unanswered posts rebuilt from the thread alone (pure)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from llmbot.conversations import MemoryStore
+from llmbot.errors import ChatRateLimited, ChatUnavailable
+from llmbot.handler import retry_wait
+from llmbot.mattermost import reconnect_delay
+from llmbot.recovery import conversation_state, threads_of, waiting_posts
+from llmbot.thread import (
+    KIND_ANSWER,
+    KIND_END,
+    KIND_NOTICE,
+    KIND_REFUSAL,
+    KIND_USAGE,
+    PROP_ANSWERS,
+    PROP_HANDLER,
+    PROP_KIND,
+    Post,
+    Thread,
+)
+from tests.fakes import FakeClock
+
+ME, ALICE, BOB, OTHER_BOT = "me", "alice", "bob", "otherbot"
+ROOT = "root"
+TTL = 3600.0
+NOW = 10_000_000  # ms
+
+
+def human(post_id: str, at: int, user: str = ALICE, root: str = ROOT) -> Post:
+    return Post(post_id, "chan", user, "" if post_id == root else root, "text", at)
+
+
+def mine(post_id: str, at: int, answers: str, kind: str = KIND_ANSWER, edited: int = 0, root: str = ROOT) -> Post:
+    props = MappingProxyType({PROP_HANDLER: "gpt", PROP_KIND: kind, PROP_ANSWERS: answers, "from_bot": "true"})
+    return Post(post_id, "chan", ME, root, "answer", at, props=props, edit_at=edited)
+
+
+def thread(*posts: Post) -> Thread:
+    return Thread(ROOT, tuple(sorted(posts, key=lambda p: (p.id != ROOT, p.create_at))))
+
+
+class TestConversationState:
+    def test_a_recent_answer_makes_the_conversation_live_with_its_starter(self) -> None:
+        t = thread(human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000, BOB))
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.handler == "gpt" and state.started_by == ALICE
+        assert state.idle_seconds == pytest.approx(3.0)  # the newest human post counts as activity
+
+    def test_the_ttl_counts_from_the_end_of_the_answer(self) -> None:
+        t = thread(human(ROOT, NOW - 4_000_000), mine("a1", NOW - 3_700_000, ROOT, edited=NOW - 3_000_000))
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.idle_seconds == pytest.approx(3000)
+
+    def test_an_old_conversation_is_not_live(self) -> None:
+        t = thread(human(ROOT, NOW - 4_000_000), mine("a1", NOW - 3_700_000, ROOT))
+        assert conversation_state(t, ME, NOW, TTL) is None
+
+    @pytest.mark.parametrize("kind", [KIND_END, KIND_USAGE, KIND_REFUSAL])
+    def test_a_goodbye_a_hint_or_a_refusal_closes_it(self, kind: str) -> None:
+        t = thread(human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000), mine("e", NOW - 2000, "h2", kind))
+        assert conversation_state(t, ME, NOW, TTL) is None
+
+    def test_a_notice_keeps_it_live(self) -> None:
+        t = thread(human(ROOT, NOW - 5000), mine("n1", NOW - 4000, ROOT, KIND_NOTICE))
+        assert conversation_state(t, ME, NOW, TTL) is not None
+
+    def test_a_conversation_reopened_after_a_goodbye_belongs_to_who_reopened_it(self) -> None:
+        t = thread(
+            human(ROOT, NOW - 9000), mine("a1", NOW - 8000, ROOT), human("bye", NOW - 7000),
+            mine("e", NOW - 6000, "bye", KIND_END), human("h3", NOW - 5000, BOB), mine("a3", NOW - 4000, "h3"),
+        )
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.started_by == BOB
+
+    def test_posts_of_other_bots_or_humans_with_forged_props_do_not_count(self) -> None:
+        forged = Post("f", "chan", BOB, ROOT, "x", NOW - 1000, props=MappingProxyType({PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER}))
+        bot = Post("b", "chan", OTHER_BOT, ROOT, "x", NOW - 1000, props=MappingProxyType({PROP_HANDLER: "gpt", "from_bot": "true"}))
+        assert conversation_state(thread(human(ROOT, NOW - 5000), forged, bot), ME, NOW, TTL) is None
+
+    def test_a_window_without_the_root_falls_back_to_the_answered_author(self) -> None:
+        t = Thread(ROOT, (human("h1", NOW - 5000, BOB), mine("a1", NOW - 4000, "h1")))
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.started_by == BOB
+
+
+class TestWaitingPosts:
+    def test_only_unanswered_human_posts_after_since_wait(self) -> None:
+        t = thread(
+            human(ROOT, NOW - 9000), mine("a1", NOW - 8000, ROOT), human("h2", NOW - 7000),
+            Post("b", "chan", OTHER_BOT, ROOT, "x", NOW - 6500, props=MappingProxyType({"from_bot": "true"})),
+            human("h3", NOW - 6000, BOB),
+        )
+        assert [p.id for p in waiting_posts(t, ME, NOW - 10_000)] == ["h2", "h3"]
+        assert [p.id for p in waiting_posts(t, ME, NOW - 6500)] == ["h3"]
+
+    def test_an_answer_that_covered_a_newer_post_covers_the_older_ones(self) -> None:
+        t = thread(human(ROOT, NOW - 9000), human("h2", NOW - 8000), mine("a", NOW - 7000, "h2"))
+        assert waiting_posts(t, ME, 0) == []
+
+
+class TestThreadsOf:
+    def test_loose_posts_are_grouped_by_thread_root_first(self) -> None:
+        posts = [human("h2", 3), human(ROOT, 1), human("x", 2, root="x"), human("h1", 2)]
+        threads = threads_of(posts)
+        assert set(threads) == {ROOT, "x"}
+        assert [p.id for p in threads[ROOT].posts] == [ROOT, "h1", "h2"]
+
+
+class TestRebuiltBindings:
+    async def test_a_binding_rebuilt_idle_expires_ttl_after_its_last_activity(self) -> None:
+        clock = FakeClock()
+        store = MemoryStore(ttl=60, timer=clock)
+        await store.bind(ROOT, "gpt", ALICE, idle=50)
+        clock.advance(9)
+        assert await store.get(ROOT) is not None
+        clock.advance(2)
+        assert await store.get(ROOT) is None
+
+    async def test_touching_a_rebuilt_binding_gives_it_a_full_ttl(self) -> None:
+        clock = FakeClock()
+        store = MemoryStore(ttl=60, timer=clock)
+        await store.bind(ROOT, "gpt", ALICE, idle=50)
+        await store.touch(ROOT)
+        clock.advance(59)
+        assert await store.get(ROOT) is not None
+
+
+class TestBackoff:
+    @pytest.mark.parametrize("attempt, low, high", [(0, 0.5, 1.0), (1, 1.0, 2.0), (3, 4.0, 8.0), (10, 30.0, 60.0)])
+    def test_reconnect_delay_doubles_with_jitter_up_to_the_cap(self, attempt: int, low: float, high: float) -> None:
+        assert reconnect_delay(attempt, 1.0, 60.0, lambda: 0.0) == low
+        assert reconnect_delay(attempt, 1.0, 60.0, lambda: 1.0) == high
+
+    def test_a_429_waits_as_long_as_asked_and_other_errors_back_off(self) -> None:
+        assert retry_wait(0, ChatRateLimited("slow down", 3.0), 0.5) == 3.0
+        assert retry_wait(0, ChatRateLimited("slow down", 300.0), 0.5) == 30.0  # capped
+        assert retry_wait(2, ChatRateLimited("slow down"), 0.5) == 2.0
+        assert retry_wait(3, ChatUnavailable("down"), 0.5) == 4.0
