@@ -131,7 +131,6 @@ class TestSocketDrops:
         await mm.revoke(mm.bot)
         with pytest.raises(ChatAuthError):
             await asyncio.wait_for(listener, timeout=5)
-        run.tasks.clear()
 
 
 class TestLostResponses:
