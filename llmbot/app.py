@@ -176,7 +176,8 @@ class Bot:
 
     async def _route(self, event: Posted, *, replayed: bool = False) -> None:
         me = self.me
-        assert me is not None
+        if me is None or not self._accepting:
+            return
         post = event.post
         binding = await self.store.get(post.root_id) if post.root_id else None
         decision = route(event, me, binding.handler if binding else None, self._specs, self.settings.end_words)
@@ -298,6 +299,9 @@ class Bot:
             self._catch_up = None
 
     async def _release_held(self) -> None:
+        if not self._accepting:  # stopping: the next start-up's catch-up takes them
+            self._held.clear()
+            return
         while self._held:
             held, self._held = self._held, []
             for event in held:
@@ -312,21 +316,28 @@ class Bot:
             return False
         active = [c for c in channels if c.last_post_at > since_ms]
         fetches = asyncio.Semaphore(CATCH_UP_FETCHES)
+        newest = 0
 
-        async def read(channel: Channel) -> tuple[Channel, list[Post] | None]:
+        async def catch_up(channel: Channel) -> int | None:
+            nonlocal newest
             async with fetches:
-                return channel, await self._posts_since(channel, since_ms)
-
-        taken, complete = 0, True
-        for channel, posts in await asyncio.gather(*(read(c) for c in active)):
+                posts = await self._posts_since(channel, since_ms)
             if posts is None:
-                complete = False
-                continue
-            taken += await self._replay(channel, posts, since_ms, now_ms)
+                return None
+            if posts:
+                newest = max(newest, posts[-1].create_at)
+            return await self._replay(channel, posts, since_ms, now_ms)  # one channel at a time in memory
+
+        results = await asyncio.gather(*(catch_up(c) for c in active))
+        complete = None not in results
+        if complete and self._want_since is None and newest > self._live_ms:
+            # No reconnect during this pass, so everything up to its reads is covered: the next
+            # catch-up needn't look further back than that.
+            self._live_ms = newest
         log.info(
             "caught up: %d of %d channel(s) had posts since %s; %d post(s) taken up; %.2fs",
             len(active), len(channels), datetime.fromtimestamp(since_ms / 1000, timezone.utc).strftime("%H:%M:%S"),
-            taken, time.monotonic() - started,
+            sum(r for r in results if r), time.monotonic() - started,
         )
         return complete
 
