@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -104,42 +109,37 @@ class TestRun:
         assert "llmbot" in capsys.readouterr().out
 
 
+@contextlib.asynccontextmanager
+async def bot_process(mm, env: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`llmbot run` in a subprocess, connected to the fake; killed on the way out if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmbot", "--env-file", env, "run",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=20)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 class TestStopping:
     async def test_sigterm_stops_a_running_bot_with_exit_code_0(self, mm, llm_server, tmp_path):
-        import signal
-        import sys
-
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmbot", "--env-file", env, "run",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=20)
+        async with bot_process(mm, env) as proc:
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 10)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         err = (await proc.stderr.read()).decode()
         assert code == 0, err
         assert "stopping: no new turns" in err
 
     async def test_sigterm_mid_answer_exits_0_within_10s_and_marks_the_answer_interrupted(self, mm, llm_server, tmp_path):
-        import signal
-        import sys
-        import time
-
         town = mm.add_channel("town", members=(mm.bot, alice := mm.add_user("alice")))
         llm_server.enqueue(["Once upon a time."] + [" and then"] * 200, delay=0.1)  # a 20 s answer
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmbot", "--env-file", env, "run",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=20)
+        async with bot_process(mm, env) as proc:
             await asyncio.sleep(0.3)  # the start-up catch-up
             post = await mm.post_as(alice, town, "gpt tell me a long story")
             await mm.wait_for(lambda: len(mm.thread(post["id"])) == 2, timeout=10)
@@ -147,10 +147,6 @@ class TestStopping:
             sent = time.monotonic()
             code = await asyncio.wait_for(proc.wait(), 12)
             took = time.monotonic() - sent
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         err = (await proc.stderr.read()).decode()
         assert code == 0, err
         assert took < 10.0
@@ -158,21 +154,10 @@ class TestStopping:
         assert answer.startswith("Once upon a time.") and "Interrupted" in answer
 
     async def test_a_token_revoked_while_running_exits_1_with_a_clear_error(self, mm, llm_server, tmp_path):
-        import sys
-
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmbot", "--env-file", env, "run",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=20)
+        async with bot_process(mm, env) as proc:
             await mm.revoke(mm.bot)
             code = await asyncio.wait_for(proc.wait(), 15)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         err = (await proc.stderr.read()).decode()
         assert code == 1, err
         assert "MATTERMOST_TOKEN" in err and "revoked" in err
