@@ -227,7 +227,7 @@ class Bot:
                 end = self.settings.end_words[0]
                 return Refuse(
                     decision.handler,
-                    f"You already have {limit} conversations open with me. End one with `{end}` "
+                    f"You already have {_conversations(limit)} open with me. End one with `{end}` "
                     f"(or leave it quiet for {ttl}) before starting another.",
                 )
             return None
@@ -236,7 +236,7 @@ class Bot:
             if self._told.first(("rate", user)):
                 return Refuse(
                     decision.handler,
-                    f"You have started {self.settings.max_starts_per_minute} conversations in the last minute. "
+                    f"You have started {_conversations(self.settings.max_starts_per_minute)} in the last minute. "
                     "Please wait a moment before starting another.",
                 )
             return None
@@ -487,11 +487,16 @@ class Bot:
         for task in late:
             task.cancel()  # each running answer marks its post interrupted (handler.answer)
         notices = [
-            asyncio.create_task(self.handlers[decision.handler].interrupted(turn))  # type: ignore[union-attr]
+            asyncio.create_task(interrupted(turn))
             for decision, turn in queued
             if isinstance(decision, (Start, Continue))
+            and (interrupted := getattr(self.handlers[decision.handler], "interrupted", None)) is not None
         ]
         await asyncio.wait(late | set(notices), timeout=INTERRUPT_GRACE)
+
+
+def _conversations(n: int) -> str:
+    return f"{n} conversation" if n == 1 else f"{n} conversations"
 
 
 def _duration(seconds: float) -> str:

@@ -75,7 +75,7 @@ class TestPerUserLimits:
         await run.wait_replies(first["id"], 1)
         second = await mm.post_as(world.alice, world.town, "gpt two")
         (refusal,) = await run.wait_replies(second["id"], 1)
-        assert refusal["props"][PROP_KIND] == KIND_REFUSAL and "1 conversations open" in refusal["message"]
+        assert refusal["props"][PROP_KIND] == KIND_REFUSAL and "1 conversation open" in refusal["message"]
         await mm.post_as(world.alice, world.town, "bye", root_id=first["id"])
         await run.wait_replies(first["id"], 2)
         third = await mm.post_as(world.alice, world.town, "gpt three")
