@@ -120,6 +120,7 @@ class FakeMattermost:
         self.edits: list[tuple[str, str, float]] = []
         self._failures: list[_Failure] = []
         self._fault_rate: _FaultRate | None = None
+        self._slow: list[list] = []  # [method, pattern, seconds, times left]
         self.pending_post_ids: dict[str, str] = {}  # pending_post_id -> post id (the server's dedupe)
         self._conns: list[_WsConn] = []
         self._last_ms = 0
@@ -335,6 +336,11 @@ class FakeMattermost:
         response lost on the way back (the post exists, the client saw a failure)."""
         self._failures.append(_Failure(method.upper(), re.compile(path_regex), status, times,
                                        body, dict(headers or {}), content_type, after))
+
+    def slow_next(self, method: str, path_regex: str, seconds: float, *, times: int = 1) -> None:
+        """Answer the next `times` matching REST calls `seconds` late, with what was true when the
+        call arrived (a slow server: the world may move on meanwhile)."""
+        self._slow.append([method.upper(), re.compile(path_regex), seconds, times])
 
     def fail_rate(self, probability: float, *, seed: int = 0, statuses: tuple[int, ...] = (429, 500, 502, 503)) -> None:
         """From now on a `probability` share of REST calls fail with one of `statuses` (a POST
@@ -554,6 +560,16 @@ class FakeMattermost:
         raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
         return web.Response(body=raw, status=failure.status, content_type=ctype, headers=headers)
 
+    async def _maybe_slow(self, request: web.Request) -> None:
+        for slow in self._slow:
+            method, pattern, seconds, _ = slow
+            if method in ("*", request.method) and pattern.search(request.path):
+                slow[3] -= 1
+                if slow[3] <= 0:
+                    self._slow.remove(slow)
+                await asyncio.sleep(seconds)
+                return
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         request[REQUEST_ID] = new_id()
@@ -576,6 +592,7 @@ class FakeMattermost:
                                    "Invalid or expired session, please login again.")
                 request[USER_ID] = user_id
             response = await handler(request)
+            await self._maybe_slow(request)
             return self._failure_response(request, failure) if failure is not None else response
         except ApiError as err:
             return self._app_error(request, err)

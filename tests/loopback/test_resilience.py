@@ -117,6 +117,24 @@ class TestSocketDrops:
         await mm.post_as(world.bob, world.town, "thanks", root_id=root["id"])
         assert len(await run.wait_replies(root["id"], 3)) == 3
 
+    async def test_a_drop_during_a_slow_catch_up_loses_neither_gap(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        first = await mm.post_as(world.alice, world.town, "gpt one")
+        second = await mm.post_as(world.bob, world.town, "gpt two")
+        await run.wait_replies(first["id"], 1)
+        await run.wait_replies(second["id"], 1)
+        await mm.drop_websockets()
+        gap1 = await mm.post_as(world.alice, world.town, "first gap", root_id=first["id"])
+        mm.slow_next("GET", r"/channels/.*/posts$", 3.0)  # the first catch-up reads the channel, then waits
+        reads = len(mm.requests)
+        await mm.wait_for(lambda: any(r[1].endswith("/posts") and r[0] == "GET" for r in mm.requests[reads:]), timeout=5)
+        await mm.drop_websockets()  # while that catch-up still waits for its answer
+        gap2 = await mm.post_as(world.bob, world.town, "second gap", root_id=second["id"])
+        for post, root_id in ((gap1, first["id"]), (gap2, second["id"])):
+            await mm.wait_for(lambda: answers_to(run, root_id, post["id"]), timeout=10)
+        await run.bot.idle()
+        assert len(run.replies(first["id"])) == 2 and len(run.replies(second["id"])) == 2
+
     async def test_the_socket_reconnects_after_repeated_drops(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         for _ in range(3):
