@@ -25,12 +25,13 @@ from .context import Speaker
 from .conversations import ConversationStore, MemoryStore
 from .errors import ChatError
 from .events import Hello, Posted, parse_frame
-from .handler import RETRY_BASE, ChatHandler, ConversationOver, Handler, Turn, TurnAborted
+from .handler import ChatHandler, ConversationOver, Handler, Turn, TurnAborted
 from .llm import OpenAIChat
 from .mattermost import Channel, MattermostChat
 from .policy import AccessPolicy, OncePer, StartLimiter
 from .prompts import PromptTemplate
 from .recovery import conversation_state, threads_of, waiting_posts
+from .retry import RETRY_BASE, with_retries
 from .router import Continue, Decision, End, HandlerSpec, Identity, Ignore, Refuse, Start, Usage, route
 from .thread import Post
 from .tokens import Tokenizer, load_tokenizer
@@ -342,26 +343,22 @@ class Bot:
         return complete
 
     async def _channels(self) -> list[Channel] | None:
-        for attempt in range(3):
-            try:
-                return await self.chat.channels()
-            except ChatError as exc:
-                log.warning("catch-up: cannot list the bot's channels (try %d of 3): %s", attempt + 1, exc)
-                await asyncio.sleep(self.retry_base * 2**attempt)
-        return None
+        try:
+            return await with_retries(self.chat.channels, "catch-up: listing the bot's channels", attempts=3, base=self.retry_base)
+        except ChatError:
+            return None
 
     async def _posts_since(self, channel: Channel, since_ms: int) -> list[Post] | None:
-        for attempt in range(3):
-            try:
-                posts, truncated = await self.chat.posts_since(channel.id, since_ms)
-            except ChatError as exc:
-                log.warning("catch-up: cannot read channel %s (try %d of 3): %s", channel.id, attempt + 1, exc)
-                await asyncio.sleep(self.retry_base * 2**attempt)
-                continue
-            if truncated:
-                log.warning("catch-up: channel %s had more posts than the server returns at once; older ones skipped", channel.id)
-            return posts
-        return None
+        try:
+            posts, truncated = await with_retries(
+                lambda: self.chat.posts_since(channel.id, since_ms), f"catch-up: reading channel {channel.id}",
+                attempts=3, base=self.retry_base,
+            )
+        except ChatError:
+            return None
+        if truncated:
+            log.warning("catch-up: channel %s had more posts than the server returns at once; older ones skipped", channel.id)
+        return posts
 
     async def _replay(self, channel: Channel, posts: list[Post], since_ms: int, now_ms: int) -> int:
         """Rebuild the conversations found in `posts` and route the human posts still unanswered."""

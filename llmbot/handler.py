@@ -10,15 +10,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .context import ChatMessage, Speaker, build_messages, participants
-from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited, ContextTooLong, LLMError
+from .errors import ChatError, ContextTooLong, LLMError
 from .events import Posted
 from .policy import turns_in_conversation
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .recovery import already_answered, newest_human_post
+from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .router import Continue, Decision, End, HandlerSpec, Refuse, Start, Usage
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 from .thread import (
@@ -38,10 +39,9 @@ from .tokens import Tokenizer
 from .triggers import trigger_word
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
-ATTEMPTS = 5  # tries of one Mattermost write (or thread read) before the turn gives up
-RETRY_BASE = 0.5  # seconds before the 2nd try, doubling: 0.5 + 1 + 2 + 4 = 7.5 s in all
 INTERRUPT_BUDGET = 2.0  # seconds a turn cut short by shutdown gets to say so in its post
 
 INTERRUPTED_MARK = "⚠️ Interrupted: I was restarted before I could finish. Ask again to continue."
@@ -87,6 +87,11 @@ class ConversationOver(TurnAborted):
 _pending_ids = itertools.count()
 
 
+def new_pending_id(me_id: str) -> str:
+    """A pending_post_id as Mattermost's own clients make them ("<user id>:<time>"), unique here."""
+    return f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
+
+
 @dataclass
 class _Reply:
     """One answer on its way into the thread: its text in pages, and the posts showing them."""
@@ -101,19 +106,12 @@ class _Reply:
 
     def pending_id(self, page: int, me_id: str) -> str:
         while len(self.pending) <= page:
-            self.pending.append(f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}")
+            self.pending.append(new_pending_id(me_id))
         return self.pending[page]
 
     @property
     def has_text(self) -> bool:
         return bool(self.pages.text.strip())
-
-
-def retry_wait(attempt: int, exc: ChatError, base: float) -> float:
-    """Seconds before the next try: what a 429 asked for, else exponential backoff."""
-    if isinstance(exc, ChatRateLimited) and exc.retry_after is not None:
-        return min(exc.retry_after, 30.0)
-    return base * 2**attempt
 
 
 class ChatHandler:
@@ -221,17 +219,16 @@ class ChatHandler:
 
     async def _read_thread(self, turn: Turn) -> Thread | None:
         """The thread, read again after passing failures; None (and a notice) when it can't be."""
-        for attempt in range(ATTEMPTS):
-            try:
-                return await self.chat.get_thread(turn.thread_id)
-            except (ChatNotFound, ChatForbidden) as exc:
-                raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
-            except ChatError as exc:
-                log.warning("thread %s: cannot read the thread (try %d of %d): %s", turn.thread_id, attempt + 1, ATTEMPTS, exc)
-                if attempt + 1 < ATTEMPTS:
-                    await self.sleep(retry_wait(attempt, exc, self.retry_base))
-        await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
-        return None
+        try:
+            return await self._retrying(lambda: self.chat.get_thread(turn.thread_id), f"thread {turn.thread_id}: reading it")
+        except FINAL as exc:
+            raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
+        except ChatError:
+            await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
+            return None
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], what: str, attempts: int = ATTEMPTS) -> T:
+        return await with_retries(call, what, attempts=attempts, base=self.retry_base, sleep=self.sleep)
 
     def _system_text(self, turn: Turn, thread: Thread, names: dict[str, str]) -> str:
         people = participants(thread, self.speaker, names)
@@ -345,10 +342,10 @@ class ChatHandler:
                 reply.posted.append((post.id, text))
 
     async def _try_sync(self, reply: _Reply) -> bool:
-        """_sync, where a passing Mattermost failure is logged and reported as False."""
+        """_sync once, where a passing Mattermost failure is logged and reported as False."""
         try:
             await self._sync(reply)
-        except (ChatNotFound, ChatForbidden) as exc:
+        except FINAL as exc:
             raise TurnAborted(f"thread {reply.turn.thread_id} cannot be answered: {exc}") from exc
         except ChatError as exc:
             log.warning("thread %s: updating the answer failed: %s", reply.turn.thread_id, exc)
@@ -357,17 +354,13 @@ class ChatHandler:
 
     async def _deliver(self, reply: _Reply) -> bool:
         """_sync until it succeeds, with backoff (429s wait as asked); False after ATTEMPTS."""
-        for attempt in range(ATTEMPTS):
-            try:
-                await self._sync(reply)
-                return True
-            except (ChatNotFound, ChatForbidden, ChatBadRequest) as exc:  # (400: e.g. the root went away)
-                raise TurnAborted(f"thread {reply.turn.thread_id} cannot be answered: {exc}") from exc
-            except ChatError as exc:
-                log.warning("thread %s: posting the answer failed (try %d of %d): %s", reply.turn.thread_id, attempt + 1, ATTEMPTS, exc)
-                if attempt + 1 < ATTEMPTS:
-                    await self.sleep(retry_wait(attempt, exc, self.retry_base))
-        return False
+        try:
+            await self._retrying(lambda: self._sync(reply), f"thread {reply.turn.thread_id}: posting the answer")
+        except FINAL as exc:
+            raise TurnAborted(f"thread {reply.turn.thread_id} cannot be answered: {exc}") from exc
+        except ChatError:
+            return False
+        return True
 
     async def _notice(self, turn: Turn, message: str, answers: str) -> None:
         """Best effort: a short notice in the thread; if even that fails, a log line."""
@@ -379,18 +372,15 @@ class ChatHandler:
     async def _post(self, turn: Turn, message: str, kind: str, *, answers: str, attempts: int = ATTEMPTS) -> None:
         """One short post of the bot's, retried like an answer (and just as never doubled)."""
         props = {PROP_HANDLER: self.spec.name, PROP_KIND: kind, PROP_ANSWERS: answers}
-        pending = f"{self.speaker.user_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
-        for attempt in range(attempts):
-            try:
-                await self.chat.create_post(turn.channel_id, message, turn.thread_id, props, pending)
-                return
-            except (ChatNotFound, ChatForbidden, ChatBadRequest) as exc:
-                raise TurnAborted(f"thread {turn.thread_id} is gone: {exc}") from exc
-            except ChatError as exc:
-                if attempt + 1 >= attempts:
-                    raise
-                log.warning("thread %s: posting failed (try %d of %d): %s", turn.thread_id, attempt + 1, attempts, exc)
-                await self.sleep(retry_wait(attempt, exc, self.retry_base))
+        pending = new_pending_id(self.speaker.user_id)
+        try:
+            await self._retrying(
+                lambda: self.chat.create_post(turn.channel_id, message, turn.thread_id, props, pending),
+                f"thread {turn.thread_id}: posting",
+                attempts,
+            )
+        except FINAL as exc:
+            raise TurnAborted(f"thread {turn.thread_id} is gone: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def _typing(self, turn: Turn) -> AsyncIterator[Callable[[], None]]:

@@ -153,7 +153,6 @@ class MattermostChat:
         self._send_lock = asyncio.Lock()
         self._seq = itertools.count(2)  # seq 1 is the driver's authentication challenge
         self.me: Identity | None = None
-        self.last_frame_at = 0.0
 
     async def close(self) -> None:
         if self._socket is not None:
@@ -302,7 +301,6 @@ class MattermostChat:
         revoked token or a deactivated bot must stop the process, not retry forever."""
 
         async def guarded(raw: str) -> None:
-            self.last_frame_at = time.monotonic()
             try:
                 await on_frame(raw)
             except Exception:  # noqa: BLE001 - an exception here would drop the socket

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llmbot.handler import ATTEMPTS
+from llmbot.retry import ATTEMPTS
 from llmbot.thread import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
 from tests.loopback.conftest import user_turns
 

@@ -7,8 +7,6 @@ from types import MappingProxyType
 import pytest
 
 from llmbot.conversations import MemoryStore
-from llmbot.errors import ChatRateLimited, ChatUnavailable
-from llmbot.handler import retry_wait
 from llmbot.mattermost import reconnect_delay
 from llmbot.recovery import conversation_state, threads_of, waiting_posts
 from llmbot.thread import (
@@ -135,9 +133,3 @@ class TestBackoff:
     def test_reconnect_delay_doubles_with_jitter_up_to_the_cap(self, attempt: int, low: float, high: float) -> None:
         assert reconnect_delay(attempt, 1.0, 60.0, lambda: 0.0) == low
         assert reconnect_delay(attempt, 1.0, 60.0, lambda: 1.0) == high
-
-    def test_a_429_waits_as_long_as_asked_and_other_errors_back_off(self) -> None:
-        assert retry_wait(0, ChatRateLimited("slow down", 3.0), 0.5) == 3.0
-        assert retry_wait(0, ChatRateLimited("slow down", 300.0), 0.5) == 30.0  # capped
-        assert retry_wait(2, ChatRateLimited("slow down"), 0.5) == 2.0
-        assert retry_wait(3, ChatUnavailable("down"), 0.5) == 4.0
