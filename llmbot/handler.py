@@ -314,7 +314,7 @@ class ChatHandler:
         """Shutdown cut this turn short: leave a word in the thread, within a short budget."""
         try:
             async with asyncio.timeout(INTERRUPT_BUDGET):
-                if reply.posted:
+                if reply.posted or reply.pending:  # (a create cut short may have made its post: see _sync)
                     reply.pages.add(f"{STATUS_LINE}{INTERRUPTED_MARK.removeprefix('⚠️ ')}_")
                     await self._sync(reply)
                 else:
@@ -337,8 +337,14 @@ class ChatHandler:
                     await self.chat.patch_post(post_id, defuse_broadcasts(text))
                     reply.posted[i] = (post_id, text)
             else:
-                pending = reply.pending_id(i, self.speaker.user_id)
-                post = await self.chat.create_post(reply.turn.channel_id, defuse_broadcasts(text), reply.turn.thread_id, reply.props, pending)
+                sent = defuse_broadcasts(text)
+                post = await self.chat.create_post(
+                    reply.turn.channel_id, sent, reply.turn.thread_id, reply.props, reply.pending_id(i, self.speaker.user_id)
+                )
+                if post.message != sent:
+                    # Mattermost answered a repeated pending_post_id with the post an earlier, lost
+                    # try made: it shows the text of back then, so bring it up to date.
+                    await self.chat.patch_post(post.id, sent)
                 reply.posted.append((post.id, text))
 
     async def _try_sync(self, reply: _Reply) -> bool:

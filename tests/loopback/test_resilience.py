@@ -162,6 +162,15 @@ class TestLostResponses:
         assert len(creates) >= 2  # it was retried...
         assert [p["message"] for p in run.replies(post["id"])] == ["ok"]  # ...and shows once
 
+    async def test_a_lost_create_retried_with_more_text_shows_the_whole_answer_once(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        mm.fail_next("POST", r"/api/v4/posts$", 500, after=True)  # the post shows "Hello"; the bot sees a 500
+        llm_server.enqueue(["Hello", " there friend."], delay=0.2)  # the retry is the final update
+        post = await mm.post_as(world.alice, world.town, "gpt hello")
+        await mm.wait_for(lambda: len(llm_server.requests) == 1)
+        await run.bot.idle()
+        assert [p["message"] for p in run.replies(post["id"])] == ["Hello there friend."]
+
     async def test_a_rate_limited_create_waits_and_posts_once(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         mm.fail_next("POST", r"/api/v4/posts$", 429, headers={"Retry-After": "1"})
@@ -214,6 +223,17 @@ class TestShutdown:
         await run.stop()
         again = await start_bot()
         assert len(again.replies(long_post["id"])) == 1 and len(again.replies(queued["id"])) == 1
+
+    async def test_an_answer_whose_create_was_in_flight_at_shutdown_is_marked_not_doubled(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        run.bot.shutdown_grace = 0.3
+        mm.slow_next("POST", r"/api/v4/posts$", 3.0)  # the answer's post exists; its response is late
+        llm_server.enqueue(["Part one."] + [" more"] * 50, delay=0.2)
+        post = await mm.post_as(world.alice, world.town, "gpt tell me a long story")
+        await mm.wait_for(lambda: run.replies(post["id"]))
+        await run.bot.drain()
+        (reply,) = run.replies(post["id"])
+        assert reply["message"].startswith("Part one.") and "Interrupted" in reply["message"]
 
     async def test_after_drain_new_posts_are_not_taken(self, start_bot, world, mm, llm_server):
         run = await start_bot()
