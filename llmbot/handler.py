@@ -103,6 +103,9 @@ class _Reply:
     # One pending_post_id per page, the same on every retry: Mattermost then answers a
     # repeated create with the post it already made, so a lost response never doubles a post.
     pending: list[str] = field(default_factory=list)
+    # The one short post (message, kind, pending id) the turn ends with instead of an answer, once
+    # it is on its way: a shutdown then finishes that post rather than adding another.
+    closing: tuple[str, str, str] | None = None
 
     def pending_id(self, page: int, me_id: str) -> str:
         while len(self.pending) <= page:
@@ -182,7 +185,7 @@ class ChatHandler:
         reply = _Reply(turn, {PROP_HANDLER: self.spec.name, PROP_KIND: KIND_ANSWER, PROP_ANSWERS: turn.post.id})
         try:
             async with self._typing(turn) as stop_typing:
-                thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await self._read_thread(turn)
+                thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await self._read_thread(reply)
                 if thread is None:
                     return
                 newest = newest_human_post(thread, self.speaker.user_id)
@@ -191,7 +194,7 @@ class ChatHandler:
                     return
                 reply.props[PROP_ANSWERS] = newest.id
                 if self.max_turns and turns_in_conversation(thread, self.speaker.user_id) >= self.max_turns:
-                    await self._post(turn, self._turn_cap(), KIND_END, answers=newest.id)
+                    await self._close(reply, self._turn_cap(), KIND_END)
                     raise ConversationOver(f"thread {turn.thread_id} reached {self.max_turns} turns")
                 names = await self.chat.usernames(thread.user_ids())
                 system = self._system_text(turn, thread, names)
@@ -203,7 +206,7 @@ class ChatHandler:
                         return
                     except ContextTooLong:  # raised only while nothing was shown yet
                         if budget <= self.context_tokens // 4:
-                            await self._notice(turn, "⚠️ This conversation is too long for the language model. Please start a new one.", newest.id)
+                            await self._notice(reply, "⚠️ This conversation is too long for the language model. Please start a new one.")
                             return
                         budget //= 4  # the server's limit is below ours: cut hard, once
                         log.info("thread %s: context too long for the model; retrying with %d tokens", turn.thread_id, budget)
@@ -217,14 +220,15 @@ class ChatHandler:
             f"Start a new one with `{self.call_word()}` whenever you like."
         )
 
-    async def _read_thread(self, turn: Turn) -> Thread | None:
+    async def _read_thread(self, reply: _Reply) -> Thread | None:
         """The thread, read again after passing failures; None (and a notice) when it can't be."""
+        turn = reply.turn
         try:
             return await self._retrying(lambda: self.chat.get_thread(turn.thread_id), f"thread {turn.thread_id}: reading it")
         except FINAL as exc:
             raise TurnAborted(f"thread {turn.thread_id} cannot be read: {exc}") from exc
         except ChatError:
-            await self._notice(turn, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", turn.post.id)
+            await self._notice(reply, "⚠️ I could not read this thread: Mattermost returned an error. Please try again.")
             return None
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], what: str, attempts: int = ATTEMPTS) -> T:
@@ -280,10 +284,10 @@ class ChatHandler:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         if not reply.has_text:
-            await self._notice(turn, "⚠️ The language model returned an empty answer. Please rephrase or try again.", reply.props[PROP_ANSWERS])
+            await self._notice(reply, "⚠️ The language model returned an empty answer. Please rephrase or try again.")
             return
         if not await self._deliver(reply):
-            await self._notice(turn, "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", reply.props[PROP_ANSWERS])
+            await self._notice(reply, "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.")
             return
         log.info(
             "thread %s: answered in %d post(s), %d chars, %.2fs",
@@ -308,17 +312,19 @@ class ChatHandler:
             reply.pages.add(f"{STATUS_LINE}{message.removeprefix('⚠️ ')}_")
             if await self._deliver(reply):
                 return
-        await self._notice(reply.turn, message, reply.props[PROP_ANSWERS])
+        await self._notice(reply, message)
 
     async def _mark_interrupted(self, reply: _Reply) -> None:
         """Shutdown cut this turn short: leave a word in the thread, within a short budget."""
         try:
             async with asyncio.timeout(INTERRUPT_BUDGET):
-                if reply.posted or reply.pending:  # (a create cut short may have made its post: see _sync)
+                if reply.closing is not None:  # a notice (or goodbye) was on its way: finish that one
+                    await self._close(reply, *reply.closing[:2], attempts=1)
+                elif reply.posted or reply.pending:  # (a create cut short may have made its post: see _sync)
                     reply.pages.add(f"{STATUS_LINE}{INTERRUPTED_MARK.removeprefix('⚠️ ')}_")
                     await self._sync(reply)
                 else:
-                    await self._post(reply.turn, INTERRUPTED_NOTICE, KIND_NOTICE, answers=reply.props[PROP_ANSWERS], attempts=1)
+                    await self._close(reply, INTERRUPTED_NOTICE, KIND_NOTICE, attempts=1)
         except (ChatError, TurnAborted, TimeoutError) as exc:
             log.warning("thread %s: could not mark the answer as interrupted: %s", reply.turn.thread_id, exc)
 
@@ -368,17 +374,25 @@ class ChatHandler:
             return False
         return True
 
-    async def _notice(self, turn: Turn, message: str, answers: str) -> None:
+    async def _notice(self, reply: _Reply, message: str) -> None:
         """Best effort: a short notice in the thread; if even that fails, a log line."""
         try:
-            await self._post(turn, message, KIND_NOTICE, answers=answers)
+            await self._close(reply, message, KIND_NOTICE)
         except ChatError as exc:
-            log.warning("thread %s: notice not posted (%s): %s", turn.thread_id, exc, message)
+            log.warning("thread %s: notice not posted (%s): %s", reply.turn.thread_id, exc, message)
 
-    async def _post(self, turn: Turn, message: str, kind: str, *, answers: str, attempts: int = ATTEMPTS) -> None:
+    async def _close(self, reply: _Reply, message: str, kind: str, *, attempts: int = ATTEMPTS) -> None:
+        """End the turn with one short post, remembered so that it is never made twice."""
+        if reply.closing is None or reply.closing[:2] != (message, kind):
+            reply.closing = (message, kind, new_pending_id(self.speaker.user_id))
+        await self._post(reply.turn, message, kind, answers=reply.props[PROP_ANSWERS], attempts=attempts, pending=reply.closing[2])
+
+    async def _post(
+        self, turn: Turn, message: str, kind: str, *, answers: str, attempts: int = ATTEMPTS, pending: str = ""
+    ) -> None:
         """One short post of the bot's, retried like an answer (and just as never doubled)."""
         props = {PROP_HANDLER: self.spec.name, PROP_KIND: kind, PROP_ANSWERS: answers}
-        pending = new_pending_id(self.speaker.user_id)
+        pending = pending or new_pending_id(self.speaker.user_id)
         try:
             await self._retrying(
                 lambda: self.chat.create_post(turn.channel_id, message, turn.thread_id, props, pending),

@@ -235,6 +235,17 @@ class TestShutdown:
         (reply,) = run.replies(post["id"])
         assert reply["message"].startswith("Part one.") and "Interrupted" in reply["message"]
 
+    async def test_a_notice_in_flight_at_shutdown_is_finished_not_joined_by_another(self, start_bot, world, mm, llm_server):
+        run = await start_bot()
+        run.bot.shutdown_grace = 0.3
+        llm_server.enqueue([], status=500)
+        mm.slow_next("POST", r"/api/v4/posts$", 3.0)  # the notice's post exists; its response is late
+        post = await mm.post_as(world.alice, world.town, "gpt hello")
+        await mm.wait_for(lambda: run.replies(post["id"]))
+        await run.bot.drain()
+        (notice,) = run.replies(post["id"])
+        assert notice["props"][PROP_KIND] == KIND_NOTICE and "HTTP 500" in notice["message"]
+
     async def test_after_drain_new_posts_are_not_taken(self, start_bot, world, mm, llm_server):
         run = await start_bot()
         await run.bot.drain()
