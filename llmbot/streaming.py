@@ -20,6 +20,23 @@ def defuse_broadcasts(text: str) -> str:
     return _BROADCAST.sub("@\u200b\\1", text) if "@" in text else text
 
 
+def defused_len(text: str) -> int:
+    """len(defuse_broadcasts(text)): what a page is once posted."""
+    return len(text) + len(_BROADCAST.findall(text)) if "@" in text else len(text)
+
+
+def fits(text: str, limit: int) -> bool:
+    """Whether `text`, once defused, is at most `limit` runes; cheap while it clearly is."""
+    n = len(text)
+    if n > limit:
+        return False
+    # Defusing adds one rune per broadcast, and a broadcast ("@all" at the shortest) has an "@"
+    # and four runes: the regex only runs near the limit with many "@" in the page.
+    if n + n // 4 <= limit or n + text.count("@") <= limit:
+        return True
+    return defused_len(text) <= limit
+
+
 class EditThrottle:
     """Decides when a streamed post is patched: at most once per `interval` seconds."""
 
@@ -37,10 +54,12 @@ class EditThrottle:
 
 @dataclass
 class ReplyPages:
-    """The reply as a list of post texts, each within `limit` runes, code fences kept whole.
+    """The reply as a list of post texts, each within `limit` runes once defused, code fences kept whole.
 
     Text arrives in deltas; when the last page outgrows the limit it is closed (a code fence
     open at the cut is closed there and reopened on the next page) and never changes again.
+    Pages are kept as the model wrote them: whether "@channel" is a broadcast depends on what
+    follows it ("@channels" is not), so they are defused only when posted.
     """
 
     limit: int = MAX_POST_RUNES
@@ -48,7 +67,7 @@ class ReplyPages:
 
     def add(self, delta: str) -> None:
         self.pages[-1] += delta
-        while len(self.pages[-1]) > self.limit:
+        while not fits(self.pages[-1], self.limit):
             head, rest = split_page(self.pages[-1], self.limit)
             self.pages[-1] = head
             self.pages.append(rest)
@@ -59,6 +78,19 @@ class ReplyPages:
 
 
 def split_page(text: str, limit: int) -> tuple[str, str]:
+    """Split `text` into a page of at most `limit` runes once defused and the rest, at a natural break."""
+    room = limit
+    while True:
+        head, rest = _split(text, room)
+        over = defused_len(head) - limit
+        if over <= 0 or room <= 1:
+            return head, rest
+        # Cut again, shorter by what defusing added: a shorter head holds no more broadcasts
+        # (bar one its new cut may end with), so this settles in a pass or two.
+        room = max(room - over, 1)
+
+
+def _split(text: str, limit: int) -> tuple[str, str]:
     """Split `text` into a page of at most `limit` runes and the rest, at a natural break."""
     reserve = 8  # room for closing a fence at the cut; grows for unusually long fence markers
     for _ in range(3):

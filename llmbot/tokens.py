@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import shutil
+import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -36,6 +38,16 @@ MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 CUT_MARKER = "\n[… {n} tokens cut …]\n"
 SHORT_CUT_MARKER = "[…]"
+
+# The token-count cache is bounded by the memory it holds, not by entries: posts run up to
+# 16,383 runes (64 KiB as a str), so 32,768 entries could hold gigabytes of keys.
+COUNT_CACHE_BYTES = 32 * 1024 * 1024
+# Texts longer than this are keyed by a 16-byte blake2b digest: hashing 64 KiB costs ~70 µs,
+# counting it ~2 ms, and the entry shrinks from the text's size to ~250 bytes.
+DIGEST_OVER_RUNES = 1024
+# What an entry costs besides its key: its OrderedDict slots and node and the int. Measured
+# 100-150 bytes; up to ~185 right after the table grows.
+ENTRY_OVERHEAD = 200
 
 
 def cache_dir() -> Path:
@@ -85,21 +97,42 @@ def _sha256_of(path: Path) -> str | None:
 class Tokenizer:
     """Counts tokens of chat text and cuts oversized text in the middle."""
 
-    def __init__(self, name: str, encode: Callable[[str], list[int]] | None, decode: Callable[[list[int]], str] | None):
+    def __init__(
+        self,
+        name: str,
+        encode: Callable[[str], list[int]] | None,
+        decode: Callable[[list[int]], str] | None,
+        cache_bytes: int = COUNT_CACHE_BYTES,
+    ) -> None:
         self.name = name  # the encoding's name, or "estimate"
         self._encode = encode
         self._decode = decode
         # Threads are re-read every turn: counting a post once makes warm context builds cheap.
-        self.count = functools.lru_cache(maxsize=32_768)(self._count)
+        self._counts: OrderedDict[str | bytes, int] = OrderedDict()  # least recently used first
+        self.cache_limit = cache_bytes
+        self.cache_bytes = 0  # what the entries in _counts take, by entry_size
 
     @property
     def exact(self) -> bool:
         return self._encode is not None
 
-    def _count(self, text: str) -> int:
-        if self._encode is None:
-            return estimate_tokens(text)
-        return len(self._encode(text))
+    def count(self, text: str) -> int:
+        """Tokens in `text`, from the cache when it was counted recently."""
+        key: str | bytes = text if len(text) <= DIGEST_OVER_RUNES else _digest(text)
+        counts = self._counts
+        n = counts.get(key)
+        if n is not None:
+            counts.move_to_end(key)
+            return n
+        n = estimate_tokens(text) if self._encode is None else len(self._encode(text))
+        size = entry_size(key)
+        if size <= self.cache_limit:
+            counts[key] = n
+            self.cache_bytes += size
+            while self.cache_bytes > self.cache_limit:
+                oldest, _ = counts.popitem(last=False)
+                self.cache_bytes -= entry_size(oldest)
+        return n
 
     def count_message(self, content: str) -> int:
         return self.count(content) + MESSAGE_OVERHEAD
@@ -132,6 +165,15 @@ ESTIMATE_TOKENS_PER_BYTE = 0.75
 def estimate_tokens(text: str) -> int:
     """A conservative token count for when no encoding is available."""
     return math.ceil(len(text.encode("utf-8", "surrogatepass")) * ESTIMATE_TOKENS_PER_BYTE)
+
+
+def entry_size(key: str | bytes) -> int:
+    """The memory one cache entry holds, as counted against the cache's budget."""
+    return sys.getsizeof(key) + ENTRY_OVERHEAD
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _estimate_bytes(tokens: int) -> int:

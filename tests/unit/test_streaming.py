@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.streaming import MAX_POST_RUNES, EditThrottle, ReplyPages, defuse_broadcasts, open_fence, split_page
+from llmbot.streaming import (
+    MAX_POST_RUNES,
+    EditThrottle,
+    ReplyPages,
+    defuse_broadcasts,
+    defused_len,
+    open_fence,
+    split_page,
+)
 from tests.fakes import FakeClock
 
 FENCE_LINE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
@@ -247,7 +255,11 @@ class TestOpenFence:
 
 
 blocks = st.one_of(
-    st.lists(st.sampled_from(["word", "longerword", "x", "中文", "👍", "`inline`", "a,b"]), min_size=1, max_size=60)
+    st.lists(
+        st.sampled_from(["word", "longerword", "x", "中文", "👍", "`inline`", "a,b", "@channel", "@all:", "@here@here"]),
+        min_size=1,
+        max_size=60,
+    )
     .map(" ".join)
     .map(lambda s: s + "\n\n"),
     st.tuples(
@@ -269,7 +281,7 @@ class TestSplitProperties:
     def test_pages_fit_keep_fences_balanced_and_lose_nothing(self, text: str, limit: int, chunk: int) -> None:
         pages = streamed(text, limit=limit, chunk=chunk).pages
         for page in pages:
-            assert len(page) <= limit
+            assert len(defuse_broadcasts(page)) <= limit  # what is posted
         for page in pages[:-1]:
             assert fences_balanced(page)
         assert without_fence_lines("".join(pages)) == without_fence_lines(text)
@@ -286,3 +298,40 @@ class TestDefuseBroadcasts:
     @pytest.mark.parametrize("text", ["@alice hi", "@channels is a word", "mail me@all.example", "no mention", "@allison"])
     def test_other_text_is_untouched(self, text: str) -> None:
         assert defuse_broadcasts(text) == text
+
+
+class TestPagesFitOnceDefused:
+    """Mattermost gets each page defused: one zero-width space more per broadcast."""
+
+    def test_a_page_full_of_channel_mentions_fits_once_defused(self) -> None:
+        text = "@channel " * 5_000
+        pages = streamed(text, limit=MAX_POST_RUNES, chunk=97).pages
+        assert len(pages) > 2
+        assert all(len(defuse_broadcasts(page)) <= MAX_POST_RUNES for page in pages), [len(defuse_broadcasts(p)) for p in pages]
+        assert "".join(pages) == text
+
+    @pytest.mark.parametrize("word", ["@all", "@here", "@channel"])
+    def test_broadcasts_without_spaces_between_them_fit_too(self, word: str) -> None:
+        text = (word + "\n") * 3_000
+        pages = streamed(text, limit=1_000, chunk=1).pages
+        assert all(len(defuse_broadcasts(page)) <= 1_000 for page in pages)
+        assert "".join(pages) == text
+
+    def test_a_split_cuts_shorter_by_what_defusing_adds(self) -> None:
+        text = "@all " * 30
+        head, rest = split_page(text, 100)
+        assert head == "@all " * 16  # 18 fit the raw limit (90 runes), 108 once defused
+        assert len(defuse_broadcasts(head)) == 96
+        assert head + rest == text
+
+    def test_text_without_broadcasts_is_cut_as_before(self) -> None:
+        text = "a" * 60 + "\n" + "b" * 20 + " " + "c" * 200
+        assert split_page(text, 108)[0] == "a" * 60 + "\n"
+
+    def test_pages_are_kept_as_written_and_defused_when_posted(self) -> None:
+        pages = streamed("ping @channel" + "s, the bot's users", limit=MAX_POST_RUNES).pages
+        assert pages == ["ping @channels, the bot's users"]  # "@channels" is no broadcast
+
+    @pytest.mark.parametrize("text", ["", "no mention", "@alice", "@all @here x@all", "@channel\n@ALL"])
+    def test_defused_len_is_the_length_once_defused(self, text: str) -> None:
+        assert defused_len(text) == len(defuse_broadcasts(text))
