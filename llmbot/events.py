@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .thread import Post, post_from_json
+from .thread import Post, post_from_json, text_or_empty
 
 
 class Posted(NamedTuple):
@@ -63,7 +63,7 @@ def parse_frame(raw: Any) -> Event:
     if event == "hello":
         broadcast = frame.get("broadcast")
         user_id = broadcast.get("user_id") if isinstance(broadcast, dict) else ""
-        return Hello(connection_id=_str(data.get("connection_id")), user_id=_str(user_id))
+        return Hello(connection_id=text_or_empty(data.get("connection_id")), user_id=text_or_empty(user_id))
     if event != "posted":
         return Ignored(f"event {_short(event)}")
     return _posted(data)
@@ -80,16 +80,12 @@ def _posted(data: dict[str, Any]) -> Event:
         return Ignored("posted: post lacks id or channel_id", malformed=True)
     return Posted(
         post=post,
-        channel_type=_str(data.get("channel_type")),
-        channel_name=_str(data.get("channel_name")),
-        channel_display_name=_str(data.get("channel_display_name")),
-        sender_name=_str(data.get("sender_name")).removeprefix("@"),
-        team_id=_str(data.get("team_id")),
+        channel_type=text_or_empty(data.get("channel_type")),
+        channel_name=text_or_empty(data.get("channel_name")),
+        channel_display_name=text_or_empty(data.get("channel_display_name")),
+        sender_name=text_or_empty(data.get("sender_name")).removeprefix("@"),
+        team_id=text_or_empty(data.get("team_id")),
     )
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _short(value: Any) -> str:

@@ -78,7 +78,8 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def _text(value: Any) -> str:
+def text_or_empty(value: Any) -> str:
+    """`value` if it is a str, else "": for fields of JSON that may hold anything."""
     return value if isinstance(value, str) else ""
 
 
@@ -94,7 +95,7 @@ def post_from_json(data: Any) -> Post | None:
     """A Post from the server's JSON, or None when it lacks what every post has."""
     if not isinstance(data, Mapping):
         return None
-    post_id, channel_id = _text(data.get("id")), _text(data.get("channel_id"))
+    post_id, channel_id = text_or_empty(data.get("id")), text_or_empty(data.get("channel_id"))
     if not post_id or not channel_id:
         return None
     props = data.get("props")
@@ -102,11 +103,11 @@ def post_from_json(data: Any) -> Post | None:
     return Post(
         id=post_id,
         channel_id=channel_id,
-        user_id=_text(data.get("user_id")),
-        root_id=_text(data.get("root_id")),
-        message=_text(data.get("message")),
+        user_id=text_or_empty(data.get("user_id")),
+        root_id=text_or_empty(data.get("root_id")),
+        message=text_or_empty(data.get("message")),
         create_at=_int(data.get("create_at")),
-        type=_text(data.get("type")),
+        type=text_or_empty(data.get("type")),
         props=props if isinstance(props, Mapping) else {},
         file_count=len(file_ids) if isinstance(file_ids, list) else 0,
         delete_at=_int(data.get("delete_at")),
