@@ -29,7 +29,8 @@ if not os.environ.get("TIKTOKEN_CACHE_DIR"):
     atexit.register(shutil.rmtree, _cache, True)
 
 from llmbot.app import Bot  # noqa: E402
-from llmbot.config import Settings, configure_logging  # noqa: E402
+from llmbot.logs import configure_logging  # noqa: E402
+from llmbot.settings import Settings  # noqa: E402
 from llmbot.conversations import ConversationStore  # noqa: E402
 from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
 from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _harness import Row, report, run
 
-from llmbot.config import load_settings
+from llmbot.settings import load_settings
 from tests.fakes import bot_for
 
 CONVERSATIONS = 200

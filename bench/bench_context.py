@@ -16,7 +16,7 @@ import time
 
 from _harness import Row, report, run
 from llmbot.context import Speaker, build_messages, fit_to_budget, recent_turns, thread_turns
-from llmbot.config import DEFAULT_TRIGGER
+from llmbot.settings import DEFAULT_TRIGGER
 from llmbot.prompts import load_system_prompt
 from llmbot.thread import PROP_ANSWERS, PROP_HANDLER, PROP_KIND, KIND_ANSWER, Post, Thread, posts_from_post_list, thread_from_posts
 from llmbot.tokens import load_tokenizer

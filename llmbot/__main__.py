@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 
-from .config import Settings, configure_logging, load_settings, read_environment
+from .logs import configure_logging
+from .settings import Settings, load_settings, read_environment
 from .errors import ChatAuthError, ChatError, ConfigError, PromptError
 from .llm import OpenAIChat
 from .mattermost import MattermostChat

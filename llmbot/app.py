@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from cachetools import TTLCache
 
-from .config import Settings
+from .settings import Settings
 from .context import Speaker
 from .conversations import ConversationStore, MemoryStore
 from .errors import ChatError

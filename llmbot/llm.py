@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 
-from .config import Settings
+from .settings import Settings
 from .context import ChatMessage
 from .errors import ContextTooLong, LLMError
 

@@ -22,7 +22,7 @@ from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver, Websocket
 from mattermostautodriver import exceptions as mm
 
-from .config import Settings
+from .settings import Settings
 from .errors import (
     ChatAuthError,
     ChatBadRequest,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable
 
 from cachetools import TTLCache
 
-from .config import Settings
+from .settings import Settings
 from .events import Posted
 from .thread import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, Thread
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmbot.app import Bot
-from llmbot.config import Settings, load_settings
+from llmbot.settings import Settings, load_settings
 from llmbot.conversations import ConversationStore
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat

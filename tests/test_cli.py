@@ -77,6 +77,22 @@ class TestCheck:
         for name in ("MATTERMOST_URL", "MATTERMOST_TOKEN", "OPENAI_API_KEY", "LLMBOT_CONVERSATION_TTL"):
             assert sum(name in line for line in err) == 1
 
+    def test_an_infinite_or_absurd_number_exits_2_before_connecting(self, tmp_path, capsys):
+        env = write_env(
+            tmp_path / ".env",
+            MATTERMOST_URL="http://127.0.0.1:9",
+            MATTERMOST_TOKEN="t" * 26,
+            OPENAI_API_KEY="k",
+            LLMBOT_CONVERSATION_TTL="inf",
+            LLMBOT_MAX_CONTEXT_TOKENS="1000000000",
+        )
+        assert main(["--env-file", env, "check"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [
+            "config: LLMBOT_CONVERSATION_TTL='inf' is not a finite number: it must be from 1 to 2592000",
+            "config: LLMBOT_MAX_CONTEXT_TOKENS='1000000000' is too large: it must be at most 2000000",
+        ]
+
 
 class TestRun:
     async def test_a_revoked_token_stops_run_with_a_clear_error_and_no_secret(self, mm, llm_server, tmp_path, capsys):

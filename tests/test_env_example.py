@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from annotated_types import Ge, Le
 from dotenv import dotenv_values
+
+from llmbot.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / ".env.example"
@@ -54,3 +57,38 @@ def test_every_example_variable_has_a_comment_above_it() -> None:
         match = re.match(r"([A-Z][A-Z0-9_]*)=", line)
         if match:
             assert i > 0 and lines[i - 1].lstrip().startswith("#"), f"{match.group(1)} has no explanation"
+
+
+def comment_above(name: str) -> str:
+    """The comment lines right above `name=` in .env.example."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(f"{name}="))
+    block: list[str] = []
+    while i > 0 and lines[i - 1].startswith("#"):
+        i -= 1
+        block.insert(0, lines[i].lstrip("# "))
+    return " ".join(block)
+
+
+def shown(number: object) -> str:
+    return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
+
+
+def test_every_numeric_setting_documents_its_default_and_the_range_the_code_enforces() -> None:
+    checked = 0
+    for field in Settings.model_fields.values():
+        low = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
+        high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
+        if low is None or high is None:
+            continue
+        comment = comment_above(str(field.validation_alias))
+        assert f"range {shown(low)}..{shown(high)}" in comment, field.validation_alias
+        assert f"Default {shown(field.default)}" in comment, field.validation_alias
+        checked += 1
+    assert checked >= 14  # guards the loop: every number has a range
+
+
+def test_the_on_off_settings_document_their_default() -> None:
+    for name, default in (("LLMBOT_MERGE_USER_TURNS", "off"), ("LLMBOT_DIRECT_MESSAGES", "on")):
+        assert f"{name}={default}" in EXAMPLE.read_text(encoding="utf-8")
+    assert "Default off" in comment_above("LLMBOT_MERGE_USER_TURNS")

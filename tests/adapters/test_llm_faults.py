@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmbot.config import Settings, load_settings
+from llmbot.settings import Settings, load_settings
 from llmbot.context import ChatMessage
 from llmbot.errors import ContextTooLong, LLMError
 from llmbot.llm import STALLED, TOO_SLOW, OpenAIChat, backoff, retry_after

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from llmbot.config import RedactSecrets
+from llmbot.logs import RedactSecrets
 from llmbot.thread import KIND_REFUSAL, PROP_KIND
 
 

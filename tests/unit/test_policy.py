@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.config import ServerURL, Settings, load_settings
+from llmbot.settings import ServerURL, Settings, load_settings
 from llmbot.events import Posted, parse_frame
 from llmbot.policy import (
     CHANNEL_DENIED,

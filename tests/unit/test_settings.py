@@ -1,17 +1,16 @@
-"""Settings: defaults, one fix-it message per bad variable, URL parsing, secrets kept out of logs."""
+"""Settings: defaults, ranges, one fix-it message per bad variable, URL parsing, secrets kept out of sight."""
 
 from __future__ import annotations
 
-import io
-import logging
+import math
 import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from llmbot.config import (
+from llmbot.settings import (
     DEFAULT_TRIGGER,
-    RedactSecrets,
     ServerURL,
     Settings,
     load_settings,
@@ -80,6 +79,13 @@ class TestDefaults:
         assert settings.llm_timeout == 120.0
         assert settings.max_concurrent_turns == 256
         assert settings.max_bound_threads == 200_000
+        assert settings.llm_idle_timeout == 60.0
+        assert settings.llm_retries == 3
+        assert settings.max_concurrent_llm == 4
+        assert settings.turn_deadline == 180.0
+        assert settings.merge_user_turns is False
+        assert settings.direct_messages is True
+        assert (settings.max_starts_per_minute, settings.max_conversations_per_user, settings.max_turns) == (10, 10, 100)
 
     def test_empty_and_blank_optional_values_mean_the_default(self) -> None:
         settings = load_settings(env(OPENAI_BASE_URL="", LLMBOT_MODEL="   ", LLMBOT_MAX_CONTEXT_TOKENS=""))
@@ -118,8 +124,37 @@ class TestDefaults:
 
     def test_settings_are_frozen(self) -> None:
         settings = load_settings(env())
-        with pytest.raises(AttributeError):
-            settings.model = "other"  # type: ignore[misc]
+        with pytest.raises(ValidationError, match="frozen"):
+            settings.model = "other"
+        assert settings.model == "gpt-4o-mini"
+
+    def test_types_are_the_ones_the_code_relies_on(self) -> None:
+        settings = load_settings(env(LLMBOT_CONVERSATION_TTL="60", LLMBOT_TURN_DEADLINE="30", LLMBOT_ALLOW_USERS="@Alice"))
+        assert isinstance(settings.mattermost_token, str) and isinstance(settings.openai_api_key, str)
+        assert isinstance(settings.conversation_ttl, float) and isinstance(settings.turn_deadline, float)
+        assert isinstance(settings.max_concurrent_llm, int)
+        assert settings.allow_users == frozenset({"alice"})
+
+    def test_settings_built_in_code_read_no_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Only load_settings reads variables, and only from the mapping it is given.
+        monkeypatch.setenv("LLMBOT_MODEL", "from-the-process")
+        settings = Settings(mattermost_url=ServerURL("http", "chat", 80), mattermost_token="t", openai_api_key="k")
+        assert settings.model == "gpt-4o-mini"
+        assert load_settings(env()).model == "gpt-4o-mini"
+
+    def test_settings_built_in_code_are_validated_like_the_environment(self) -> None:
+        settings = Settings(
+            mattermost_url="http://chat:8065",  # type: ignore[arg-type]
+            mattermost_token="t",
+            openai_api_key="k",
+            deny_users=frozenset({"@Bob"}),
+            end_words=("Bye", "Ciao"),
+        )
+        assert settings.mattermost_url == ServerURL("http", "chat", 8065)
+        assert settings.deny_users == frozenset({"bob"})
+        assert settings.end_words == ("bye", "ciao")
+        with pytest.raises(ValidationError):
+            Settings(mattermost_url=ServerURL("http", "chat", 80), mattermost_token="t", openai_api_key="k", conversation_ttl=math.inf)
 
 
 class TestServerURL:
@@ -187,7 +222,7 @@ class TestBadValues:
         [
             ("LLMBOT_CONVERSATION_TTL", "an hour", "is not a number"),
             ("LLMBOT_CONVERSATION_TTL", "0.5", "too small"),
-            ("LLMBOT_CONVERSATION_TTL", "nan", "too small"),
+            ("LLMBOT_CONVERSATION_TTL", "nan", "not a finite number"),
             ("LLMBOT_CONVERSATION_TTL", "-3600", "too small"),
             ("LLMBOT_MAX_CONTEXT_TOKENS", "8k", "is not a whole number"),
             ("LLMBOT_MAX_CONTEXT_TOKENS", "8000.5", "is not a whole number"),
@@ -207,6 +242,9 @@ class TestBadValues:
             ("OPENAI_BASE_URL", "localhost:11434/v1", "not an http(s) URL"),
             ("OPENAI_BASE_URL", "127.0.0.1:11434", "not an http(s) URL"),
             ("LLMBOT_SYSTEM_PROMPT_FILE", "/nonexistent/prompt.md", "not a readable file"),
+            ("LLMBOT_DIRECT_MESSAGES", "sometimes", "must be on or off"),
+            ("LLMBOT_MERGE_USER_TURNS", "sometimes", "must be on or off"),
+            ("LLMBOT_MODEL", "gpt 4o", "without spaces"),
         ],
     )
     def test_a_bad_value_fails_naming_the_variable_and_the_value(self, name: str, value: str, words: str) -> None:
@@ -229,6 +267,104 @@ class TestBadValues:
     def test_a_blank_required_value_counts_as_missing(self) -> None:
         problem = single_problem(env(MATTERMOST_TOKEN="   "))
         assert problem.startswith("MATTERMOST_TOKEN is not set")
+
+
+# Every numeric setting and the range an admin may choose from: the contract .env.example documents.
+RANGES: dict[str, tuple[float, float]] = {
+    "LLMBOT_CONVERSATION_TTL": (1, 2_592_000),  # a second .. 30 days
+    "LLMBOT_MAX_CONTEXT_TOKENS": (256, 2_000_000),
+    "LLMBOT_MAX_REPLY_TOKENS": (1, 2_000_000),
+    "LLMBOT_REQUEST_TIMEOUT": (0.1, 3600),
+    "LLMBOT_LLM_TIMEOUT": (0.1, 3600),
+    "LLMBOT_LLM_IDLE_TIMEOUT": (0.1, 3600),
+    "LLMBOT_TURN_DEADLINE": (5, 3600),
+    "LLMBOT_MAX_CONCURRENT_TURNS": (1, 10_000),
+    "LLMBOT_MAX_CONCURRENT_LLM": (1, 1024),
+    "LLMBOT_MAX_BOUND_THREADS": (1, 10_000_000),
+    "LLMBOT_LLM_RETRIES": (0, 10),
+    "LLMBOT_MAX_STARTS_PER_MINUTE": (0, 10_000),
+    "LLMBOT_MAX_CONVERSATIONS_PER_USER": (0, 10_000),
+    "LLMBOT_MAX_TURNS": (0, 10_000),
+}
+FIELD_OF = {str(field.validation_alias): name for name, field in Settings.model_fields.items()}
+
+
+def shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def is_integer_setting(name: str) -> bool:
+    return Settings.model_fields[FIELD_OF[name]].annotation is int
+
+
+class TestRanges:
+    """Infinite, NaN and absurd numbers used to pass and then break every catch-up silently."""
+
+    def test_an_infinite_conversation_ttl_is_rejected_naming_the_variable_and_the_range(self) -> None:
+        problem = single_problem(env(LLMBOT_CONVERSATION_TTL="inf"))
+        assert problem == "LLMBOT_CONVERSATION_TTL='inf' is not a finite number: it must be from 1 to 2592000"
+
+    def test_every_numeric_setting_has_a_range(self) -> None:
+        numeric = {name for name, field in FIELD_OF.items() if Settings.model_fields[field].annotation in (int, float)}
+        assert numeric == set(RANGES)
+
+    @pytest.mark.parametrize("name", sorted(RANGES))
+    def test_both_ends_of_the_range_are_accepted(self, name: str) -> None:
+        for bound in RANGES[name]:
+            assert getattr(load_settings(env(**{name: shown(bound)})), FIELD_OF[name]) == bound
+
+    @pytest.mark.parametrize("name", sorted(RANGES))
+    def test_just_above_the_maximum_is_too_large(self, name: str) -> None:
+        high = RANGES[name][1]
+        value = shown(high + 1 if is_integer_setting(name) else high * 1.001)
+        assert single_problem(env(**{name: value})) == f"{name}={value!r} is too large: it must be at most {shown(high)}"
+
+    @pytest.mark.parametrize("name", sorted(RANGES))
+    def test_just_below_the_minimum_is_too_small(self, name: str) -> None:
+        low = RANGES[name][0]
+        value = shown(low - 1 if is_integer_setting(name) else low / 2)
+        assert single_problem(env(**{name: value})) == f"{name}={value!r} is too small: it must be at least {shown(low)}"
+
+    @pytest.mark.parametrize("value", ["inf", "-inf", "+inf", "Infinity", "nan", "NaN", "1e999"])
+    @pytest.mark.parametrize("name", sorted(RANGES))
+    def test_infinite_and_nan_are_rejected(self, name: str, value: str) -> None:
+        problem = single_problem(env(**{name: value}))
+        assert problem.startswith(f"{name}={value!r} ")
+        expected = "is not a whole number" if is_integer_setting(name) else "is not a finite number"
+        assert expected in problem
+
+    @pytest.mark.parametrize("value", ["1e12", "99999999999999999999999999"])
+    def test_absurdly_large_token_budgets_are_rejected(self, value: str) -> None:
+        for name in ("LLMBOT_MAX_CONTEXT_TOKENS", "LLMBOT_MAX_REPLY_TOKENS"):
+            assert single_problem(env(**{name: value})).startswith(f"{name}=")
+
+    def test_every_bad_number_is_named_at_once(self) -> None:
+        problems = problems_for(env(**{name: "inf" for name in RANGES}))
+        assert sorted(p.split("=")[0] for p in problems) == sorted(RANGES)
+
+
+class TestNewSettings:
+    def test_llm_concurrency_is_its_own_limit(self) -> None:
+        settings = load_settings(env(LLMBOT_MAX_CONCURRENT_LLM="2", LLMBOT_MAX_CONCURRENT_TURNS="64"))
+        assert (settings.max_concurrent_llm, settings.max_concurrent_turns) == (2, 64)
+
+    def test_llm_concurrency_is_a_whole_number(self) -> None:
+        assert "is not a whole number" in single_problem(env(LLMBOT_MAX_CONCURRENT_LLM="2.5"))
+
+    def test_turn_deadline_takes_fractional_seconds(self) -> None:
+        assert load_settings(env(LLMBOT_TURN_DEADLINE="42.5")).turn_deadline == 42.5
+
+    def test_turn_deadline_is_a_number_of_seconds(self) -> None:
+        problem = single_problem(env(LLMBOT_TURN_DEADLINE="3m"))
+        assert problem == "LLMBOT_TURN_DEADLINE='3m' is not a number: e.g. LLMBOT_TURN_DEADLINE=180"
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("on", True), ("ON", True), ("yes", True), ("true", True), ("1", True),
+         ("off", False), ("Off", False), ("no", False), ("false", False), ("0", False), ("", False)],
+    )
+    def test_merge_user_turns_is_on_or_off(self, value: str, expected: bool) -> None:
+        assert load_settings(env(LLMBOT_MERGE_USER_TURNS=value)).merge_user_turns is expected
 
 
 class TestAllProblemsAtOnce:
@@ -279,64 +415,20 @@ class TestSecrets:
     def test_secrets_lists_the_token_and_the_api_key(self) -> None:
         assert set(load_settings(env()).secrets()) == {TOKEN, API_KEY}
 
+    def test_secrets_are_not_in_a_dump(self) -> None:
+        settings = load_settings(env())
+        assert "mattermost_token" not in settings.model_dump()
+        assert TOKEN not in settings.model_dump_json() and API_KEY not in settings.model_dump_json()
+
+    def test_a_secret_with_a_space_is_named_without_its_value(self) -> None:
+        problem = single_problem(env(MATTERMOST_TOKEN=f"{TOKEN} extra"))
+        assert problem == "MATTERMOST_TOKEN must be a single value without spaces"
+
     def test_a_config_error_does_not_echo_secrets(self) -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(env(MATTERMOST_URL="nope"))
         assert TOKEN not in str(caught.value)
         assert API_KEY not in str(caught.value)
-
-
-class TestRedactSecrets:
-    @pytest.fixture
-    def logged(self) -> tuple[logging.Logger, io.StringIO]:
-        stream = io.StringIO()
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        handler.addFilter(RedactSecrets((TOKEN, API_KEY)))
-        logger = logging.getLogger("tests.unit.test_config.redact")
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.DEBUG)
-        yield logger, stream
-        logger.handlers.clear()
-
-    def test_a_token_in_the_message_is_masked(self, logged: tuple[logging.Logger, io.StringIO]) -> None:
-        logger, stream = logged
-        logger.info(f"Authorization: Bearer {TOKEN}")
-        assert stream.getvalue() == "INFO Authorization: Bearer ***\n"
-
-    def test_a_token_in_the_args_is_masked(self, logged: tuple[logging.Logger, io.StringIO]) -> None:
-        logger, stream = logged
-        logger.warning("connecting with %s and key=%r", TOKEN, API_KEY)
-        out = stream.getvalue()
-        assert TOKEN not in out and API_KEY not in out
-        assert out == "WARNING connecting with *** and key='***'\n"
-
-    def test_a_token_in_a_traceback_is_masked(self, logged: tuple[logging.Logger, io.StringIO]) -> None:
-        logger, stream = logged
-        try:
-            raise RuntimeError(f"401 for token {TOKEN}")
-        except RuntimeError:
-            logger.exception("request failed")
-        out = stream.getvalue()
-        assert TOKEN not in out
-        assert "401 for token ***" in out
-
-    def test_messages_without_secrets_are_untouched(self, logged: tuple[logging.Logger, io.StringIO]) -> None:
-        logger, stream = logged
-        logger.info("answered %d posts in %s", 3, "town-square")
-        assert stream.getvalue() == "INFO answered 3 posts in town-square\n"
-
-    def test_the_filter_never_drops_a_record(self) -> None:
-        record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s", (API_KEY,), None)
-        assert RedactSecrets((API_KEY,)).filter(record) is True
-        assert record.getMessage() == "key ***"
-
-    def test_empty_and_very_short_secrets_are_not_masked(self) -> None:
-        # Masking "" or "ab" would garble every log line.
-        record = logging.LogRecord("x", logging.INFO, __file__, 1, "a tab of bytes", None, None)
-        RedactSecrets(("", "ab")).filter(record)
-        assert record.getMessage() == "a tab of bytes"
 
 
 class TestReadEnvironment:

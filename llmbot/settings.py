@@ -1,0 +1,310 @@
+"""Settings: read once from the environment (and an optional .env), validated, frozen.
+
+Built on pydantic-settings: each field names its variable and its range. `load_settings`
+collects every problem before failing and turns pydantic's errors into one fix-it line per
+bad variable, so one start names them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from annotated_types import Ge, Le
+from dotenv import dotenv_values
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_TRIGGER = r"^gpt\b"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DAY = 86_400.0
+MAX_TOKENS = 2_000_000  # above any model's context window today; larger is a typo
+
+
+@dataclass(frozen=True)
+class ServerURL:
+    """A Mattermost base URL split the way mattermostautodriver wants it."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+# --- parsers: a str from the environment, or the value itself when Settings(...) is built in code.
+# Each raises ValueError with the part of the message that follows "NAME='value' ".
+
+
+def _server_url(value: object) -> ServerURL:
+    if isinstance(value, ServerURL):
+        return value
+    text = str(value).strip()
+    parts = urlsplit(text if "://" in text else "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port in (-1, 0):
+        raise ValueError("is not a full URL: use e.g. https://chat.example.com or http://127.0.0.1:8065")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("has a path: Mattermost behind a sub-path is not supported, use the bare server URL")
+    return ServerURL(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
+
+
+def _http_url(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http(s) URL: use e.g. http://127.0.0.1:11434/v1")
+    return text
+
+
+def _one_word(value: object) -> str:
+    """Model names and secrets: a space inside can only be a paste error (or a broken header)."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("is empty: give it a value")
+    if len(text.split()) != 1:
+        raise ValueError("must be a single value without spaces")
+    return text
+
+
+def _regex(value: object) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
+    try:
+        return re.compile(str(value), re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc}): e.g. {DEFAULT_TRIGGER}") from None
+
+
+def _items(value: object) -> list[str]:
+    """A comma-separated string, or any iterable of strings given in code."""
+    raw = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [value]
+    return [str(item).strip() for item in raw]
+
+
+def _words(value: object) -> tuple[str, ...]:
+    words = tuple(w.casefold() for w in _items(value) if w)
+    if not words or any(len(w.split()) != 1 for w in words):
+        raise ValueError("must be one word or a comma-separated list of words, e.g. bye,goodbye")
+    return words
+
+
+def _names(value: object) -> frozenset[str]:
+    """Names or ids, casefolded; a leading @ (users) or ~ (channels) is dropped."""
+    names = frozenset(n.lstrip("@~").casefold() for n in _items(value) if n.lstrip("@~"))
+    if any(len(n.split()) != 1 for n in names):
+        raise ValueError("must be a comma-separated list of names or ids, e.g. town-square,off-topic")
+    return names
+
+
+def _prompt_file(value: object) -> Path | None:
+    if value is None:
+        return None
+    path = Path(str(value).strip()).expanduser()
+    if not path.is_file():
+        raise ValueError("is not a readable file: point it at a prompt file such as prompts/system.md")
+    return path
+
+
+def _level(value: object) -> str:
+    level = str(value).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _var(name: str, default: Any = ..., **constraints: Any) -> Any:
+    """The field read from the variable `name`: that name is the contract, the field's is for code."""
+    return Field(default, validation_alias=name, **constraints)
+
+
+def _number(name: str, default: float, low: float, high: float) -> Any:
+    """A number from `low` to `high`; inf and NaN never fit (they broke the catch-up before)."""
+    if isinstance(default, int):  # whole numbers refuse inf and NaN anyway; older pydantic rejects the flag here
+        return _var(name, default, ge=low, le=high)
+    return _var(name, default, ge=low, le=high, allow_inf_nan=False)
+
+
+# The variables load_settings is validating: sources are picked per class, so the call's own
+# mapping reaches settings_customise_sources this way (safe across threads and tasks).
+_GIVEN: ContextVar[Mapping[str, str] | None] = ContextVar("llmbot_settings_env", default=None)
+
+Secret = Annotated[str, BeforeValidator(_one_word)]
+Names = Annotated[frozenset[str], BeforeValidator(_names)]
+
+
+class Settings(BaseSettings):
+    """Everything the bot is told by its admin. Immutable; secrets stay out of repr and dumps."""
+
+    # Settings(...) in code validates its arguments like the environment does (kwargs by field name).
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, case_sensitive=True)
+
+    mattermost_url: Annotated[ServerURL, BeforeValidator(_server_url)] = _var("MATTERMOST_URL")
+    mattermost_token: Secret = _var("MATTERMOST_TOKEN", repr=False, exclude=True)
+    openai_api_key: Secret = _var("OPENAI_API_KEY", repr=False, exclude=True)
+    openai_base_url: Annotated[str | None, BeforeValidator(_http_url)] = _var("OPENAI_BASE_URL", None)
+    model: Annotated[str, BeforeValidator(_one_word)] = _var("LLMBOT_MODEL", "gpt-4o-mini")
+    trigger: Annotated[re.Pattern[str], BeforeValidator(_regex)] = _var(
+        "LLMBOT_TRIGGER", re.compile(DEFAULT_TRIGGER, re.IGNORECASE)
+    )
+    end_words: Annotated[tuple[str, ...], BeforeValidator(_words)] = _var("LLMBOT_END", ("bye",))
+    # The catch-up looks back one TTL (in ms): inf crashed it, and past 30 days it reads months of posts.
+    conversation_ttl: float = _number("LLMBOT_CONVERSATION_TTL", 3600.0, 1, 30 * DAY)
+    max_context_tokens: int = _number("LLMBOT_MAX_CONTEXT_TOKENS", 8000, 256, MAX_TOKENS)
+    max_reply_tokens: int = _number("LLMBOT_MAX_REPLY_TOKENS", 1000, 1, MAX_TOKENS)
+    system_prompt_file: Annotated[Path | None, BeforeValidator(_prompt_file)] = _var("LLMBOT_SYSTEM_PROMPT_FILE", None)
+    log_level: Annotated[str, BeforeValidator(_level)] = _var("LLMBOT_LOG_LEVEL", "INFO")
+    # No single wait may outlast the longest turn deadline (an hour).
+    request_timeout: float = _number("LLMBOT_REQUEST_TIMEOUT", 30.0, 0.1, 3600)
+    llm_timeout: float = _number("LLMBOT_LLM_TIMEOUT", 120.0, 0.1, 3600)
+    max_concurrent_turns: int = _number("LLMBOT_MAX_CONCURRENT_TURNS", 256, 1, 10_000)
+    max_bound_threads: int = _number("LLMBOT_MAX_BOUND_THREADS", 200_000, 1, 10_000_000)
+    llm_idle_timeout: float = _number("LLMBOT_LLM_IDLE_TIMEOUT", 60.0, 0.1, 3600)
+    llm_retries: int = _number("LLMBOT_LLM_RETRIES", 3, 0, 10)
+    # Local servers (Ollama, llama.cpp) serve a few requests at a time; the rest queue here.
+    max_concurrent_llm: int = _number("LLMBOT_MAX_CONCURRENT_LLM", 4, 1, 1024)
+    turn_deadline: float = _number("LLMBOT_TURN_DEADLINE", 180.0, 5, 3600)
+    # Some chat templates demand strict user/assistant alternation.
+    merge_user_turns: bool = _var("LLMBOT_MERGE_USER_TURNS", False)
+    # Access control: names or ids, casefolded; an empty allow list allows everyone. Deny wins.
+    allow_teams: Names = _var("LLMBOT_ALLOW_TEAMS", frozenset())
+    deny_teams: Names = _var("LLMBOT_DENY_TEAMS", frozenset())
+    allow_channels: Names = _var("LLMBOT_ALLOW_CHANNELS", frozenset())
+    deny_channels: Names = _var("LLMBOT_DENY_CHANNELS", frozenset())
+    allow_users: Names = _var("LLMBOT_ALLOW_USERS", frozenset())
+    deny_users: Names = _var("LLMBOT_DENY_USERS", frozenset())
+    direct_messages: bool = _var("LLMBOT_DIRECT_MESSAGES", True)
+    # Limits; 0 turns a limit off.
+    max_starts_per_minute: int = _number("LLMBOT_MAX_STARTS_PER_MINUTE", 10, 0, 10_000)
+    max_conversations_per_user: int = _number("LLMBOT_MAX_CONVERSATIONS_PER_USER", 10, 0, 10_000)
+    max_turns: int = _number("LLMBOT_MAX_TURNS", 100, 0, 10_000)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in a log line or a post."""
+        return tuple(s for s in (self.mattermost_token, self.openai_api_key) if s)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the mapping given to load_settings, never os.environ behind the caller's back
+        # (read_environment already merged it); Settings(...) in code reads no environment at all.
+        given = _GIVEN.get()
+        return (init_settings,) if given is None else (init_settings, _Variables(settings_cls, given))
+
+
+class _Variables(PydanticBaseSettingsSource):
+    """Each field's variable from the given mapping, trimmed; a blank value counts as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = _variable(field_name)
+        value = (self.env.get(name) or "").strip()
+        return value or None, name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, name, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                found[name] = value
+        return found
+
+
+def _variable(field_name: str) -> str:
+    alias = Settings.model_fields[field_name].validation_alias
+    assert isinstance(alias, str)
+    return alias
+
+
+def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment over the values of `env_file` (the environment wins)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Validate `env` into Settings, or raise ConfigError naming every bad variable."""
+    token = _GIVEN.set(env)
+    try:
+        return Settings()  # the required fields come from `env`, through _Variables
+    except ValidationError as exc:
+        # `from None`: pydantic's own text would echo input values, and that is our formatter's job.
+        raise ConfigError([_problem(error) for error in exc.errors()]) from None
+    finally:
+        _GIVEN.reset(token)
+
+
+# --- pydantic's errors as the one-line fix-its an admin reads.
+
+_REQUIRED = {
+    "MATTERMOST_URL": "the server's address, e.g. https://chat.example.com",
+    "MATTERMOST_TOKEN": "a bot access token from System Console > Bot Accounts",
+    "OPENAI_API_KEY": "sk-... (any non-empty value for servers that do not check)",
+}
+_SECRET = ("MATTERMOST_TOKEN", "OPENAI_API_KEY")
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One line naming the variable, its value (never a secret's) and how to fix it."""
+    field_name = _FIELD_OF[str(error["loc"][0])]  # every error here belongs to one field
+    field, name = Settings.model_fields[field_name], _variable(field_name)
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "missing":
+        return f"{name} is not set: set it to {_REQUIRED.get(name, 'a value')}"
+    value = error["input"]
+    shown = value.strip() if isinstance(value, str) else value
+    named = name if name in _SECRET else f"{name}={shown!r}"  # a secret's value is never repeated
+    if kind == "value_error":
+        return f"{named} {ctx['error']}"
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return f"{named} is not a whole number: e.g. {name}={_num(field.default)}"
+    if kind in ("float_parsing", "float_type"):
+        return f"{named} is not a number: e.g. {name}={_num(field.default)}"
+    if kind == "finite_number":
+        low = next(m.ge for m in field.metadata if isinstance(m, Ge))
+        high = next(m.le for m in field.metadata if isinstance(m, Le))
+        return f"{named} is not a finite number: it must be from {_num(low)} to {_num(high)}"
+    if kind == "greater_than_equal":
+        return f"{named} is too small: it must be at least {_num(ctx['ge'])}"
+    if kind == "less_than_equal":
+        return f"{named} is too large: it must be at most {_num(ctx['le'])}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{named} must be on or off"
+    return f"{named} is not valid: {error['msg']}"
+
+
+def _num(value: object) -> str:
+    """2000000 rather than 2e+06 or 2000000.0; 0.1 stays 0.1."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+# Errors name a field by its variable (from the environment) or by its name (Settings(...) in code).
+_FIELD_OF = {key: name for name in Settings.model_fields for key in (name, _variable(name))}
