@@ -11,7 +11,8 @@
      │    ├── ChatBadRequest      400: the server rejected what we sent
      │    └── ChatUnavailable     transport errors, timeouts, 5xx
      └── LLMError             the LLM server failed; `reason` is safe to show users
-          └── ContextTooLong      the prompt did not fit the model's window
+          ├── ContextTooLong      the prompt did not fit the model's window
+          └── AnswerCut           raised after all the text: the server stopped the answer at its length limit
 """
 
 from __future__ import annotations
@@ -83,3 +84,7 @@ class LLMError(LlmbotError):
 
 class ContextTooLong(LLMError):
     """The server says the prompt exceeds the model's context window."""
+
+
+class AnswerCut(LLMError):
+    """The server cut the answer at its length limit (finish_reason "length"); all of its text was yielded."""

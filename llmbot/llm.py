@@ -1,6 +1,7 @@
 """LLM adapter over openai.AsyncOpenAI: the only module that imports openai.
 
-One call, `stream(messages, max_tokens)`, yields text deltas; every SDK error becomes LLMError.
+One call, `stream(messages, max_tokens)`, yields text deltas; every SDK and transport failure
+(FAILURES) becomes an LLMError, while anything else is a bug of ours and propagates unchanged.
 Retries and timeouts are ours, not the SDK's: only we know whether text went out already.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import logging
 import random
 import time
@@ -16,11 +18,14 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from datetime import timezone
 from typing import Any
 
+import aiohttp
+import httpx2
 import openai
 
-from .settings import Settings
+from .alternation import alternates, is_alternation_error, merge_user_turns
 from .context import ChatMessage
-from .errors import ContextTooLong, LLMError
+from .errors import AnswerCut, ContextTooLong, LLMError
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +36,30 @@ RETRY_AFTER_CAP = 60.0  # a server asking for longer is waited on this long, bud
 TOO_SLOW = "the language model took too long to answer"
 STALLED = "the language model stopped answering"
 MIDWAY = "the language model stopped in the middle of the answer"
+EMPTY = "the language model sent no answer"
+TOO_LONG = "the conversation is too long for the model"
+CUT = "the answer reached its length limit (LLMBOT_MAX_REPLY_TOKENS)"
+UNMERGEABLE = "the language model's chat template refused the conversation (roles must alternate), merged or not"
+
+# What a server, or the way to it, can do to a request; only these are translated. httpx2 and aiohttp
+# are the SDK's transport; json: a malformed chunk; OSError takes in TimeoutError and ssl errors.
+FAILURES: tuple[type[Exception], ...] = (
+    openai.APIError, httpx2.HTTPError, aiohttp.ClientError, OSError, UnicodeError, json.JSONDecodeError,
+)
+
+
+class _EmptyStream(Exception):
+    """The event stream ended with no text and no finish_reason: llama.cpp's way to fail after its 200."""
+
+    def __str__(self) -> str:
+        return "HTTP 200, but the event stream ended with no text, no finish_reason and no [DONE]"
+
+
+_CAUGHT: tuple[type[Exception], ...] = (LLMError, _EmptyStream, *FAILURES)
 
 
 def translate(exc: BaseException, model: str) -> LLMError:
-    """Map an SDK or transport failure to an LLMError whose reason is safe to post."""
+    """Map an LLMError or a FAILURES exception to an LLMError whose reason is safe to post."""
     if isinstance(exc, LLMError):
         return exc
     if isinstance(exc, UnicodeError):  # text that can't be sent as UTF-8: retrying can't help
@@ -55,11 +80,13 @@ def translate(exc: BaseException, model: str) -> LLMError:
     if isinstance(exc, openai.BadRequestError):
         text = f"{getattr(exc, 'code', '') or ''} {exc}".lower()
         if "context_length" in text or "context length" in text or "maximum context" in text or "too many tokens" in text:
-            return ContextTooLong("the conversation is too long for the model")
+            return ContextTooLong(TOO_LONG)
         return LLMError("the language model server refused the request")
     if isinstance(exc, openai.APIStatusError):
         return LLMError(f"the language model server failed (HTTP {exc.status_code})", retryable=exc.status_code >= 500)
-    return LLMError(MIDWAY, retryable=True)
+    if isinstance(exc, json.JSONDecodeError):
+        return LLMError("the language model server sent a malformed answer", retryable=True)
+    return LLMError(MIDWAY, retryable=True)  # the rest of FAILURES: the transport broke mid-way
 
 
 def chunk_text(chunk: object) -> str:
@@ -74,6 +101,16 @@ def chunk_text(chunk: object) -> str:
         if isinstance(content, str):
             parts.append(content)
     return "".join(parts)
+
+
+def chunk_finish(chunk: object) -> str | None:
+    """The finish_reason of one streamed chunk, if it has one."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if isinstance(reason, str) and reason:
+            return reason
+    return None
 
 
 def retry_after(headers: Mapping[str, str] | None, now: float) -> float | None:
@@ -112,6 +149,8 @@ def _describe(exc: BaseException) -> str:
     """The exception's type (and HTTP status) for a log line; never its text, which may echo secrets."""
     if isinstance(exc, openai.APIStatusError):
         return f"{type(exc).__name__}, HTTP {exc.status_code}"
+    if isinstance(exc, _EmptyStream):
+        return str(exc)  # our own words
     return type(exc).__name__
 
 
@@ -132,6 +171,9 @@ class OpenAIChat:
 
     `retries` (None: settings.llm_retries) bounds the retries of one answer; `sleep`, `clock`
     (monotonic seconds) and `rng` (uniform in [0, 1)) are seams for tests.
+
+    Runs of user messages are merged (alternation.merge_user_turns) when settings.merge_user_turns
+    says so, or from the moment the server shows it wants strictly alternating roles.
     """
 
     def __init__(
@@ -164,23 +206,34 @@ class OpenAIChat:
         )
         # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
         self._limit_param = "max_tokens"
+        self.merge_user_turns = settings.merge_user_turns  # may turn True later: see stream()
 
     async def close(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncGenerator[str, None]:
-        """Yield the answer's text as it arrives. Raises LLMError.
+    async def stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, *, near_limit: bool = False
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer's text as it arrives. Raises LLMError; AnswerCut after all the text when
+        the server stopped it at its length limit (finish_reason "length").
 
-        A failure that may pass (429, 5xx, transport, timeout) is retried with backoff while no
-        text has been yielded; after that it raises at once, as a retry would repeat the text.
+        A failure that may pass (429, 5xx, transport, timeout, an empty stream) is retried with
+        backoff while no text has been yielded; after that it raises at once, as a retry would
+        repeat the text. An empty stream is ContextTooLong at once when the caller says the prompt
+        was `near_limit` of its budget: llama.cpp fails an overlong streamed prompt that way.
         llm_idle_timeout bounds each wait for the server (headers, next chunk); llm_timeout
         bounds the whole answer, retries and waits included.
         """
-        payload = [m.as_dict() for m in messages]
         deadline = self._clock() + self._total_timeout
         yielded = False
-        for attempt in range(1, self.retries + 2):
+        merge = self.merge_user_turns
+        guessed = False  # merging because an empty stream hinted at a strict template; not proven yet
+        attempt = 0
+        while True:
+            attempt += 1
+            finish: str | None = None
             window = 0.0
+            payload = [m.as_dict() for m in (merge_user_turns(messages) if merge else messages)]
             try:
                 window = self._window(deadline)
                 async with asyncio.timeout(window):
@@ -193,7 +246,8 @@ class OpenAIChat:
                             async with asyncio.timeout(window):
                                 chunk = await chunks.__anext__()
                         except StopAsyncIteration:
-                            return
+                            break
+                        finish = chunk_finish(chunk) or finish
                         delta = chunk_text(chunk)
                         if delta:
                             yielded = True
@@ -201,14 +255,38 @@ class OpenAIChat:
                 finally:
                     with contextlib.suppress(Exception):  # the answer is complete or already failed
                         await stream.close()
-            except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - translated, never leaked
-                error = self._error(exc, window, yielded)
+                if finish is None and not yielded:
+                    raise _EmptyStream()
+                if finish is None:  # kept: some servers may omit it, but it can hide a cut answer
+                    log.warning("the LLM stream ended without a finish_reason: the answer may be incomplete")
+                break
+            except _CAUGHT as exc:
+                if isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc)) and not merge:
+                    merge = True  # another form of the request, not a retry
+                    self._merge_from_now_on("it answered that roles must alternate")
+                    attempt -= 1
+                    continue
+                error = self._error(exc, window, yielded, near_limit, merge)
                 wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
                 log.warning("LLM attempt %d/%d failed: %s (%s); %s",
                             attempt, self.retries + 1, error.reason, _describe(exc), outcome)
                 if wait is None:
                     raise error from exc
+                if isinstance(exc, _EmptyStream) and not merge and not alternates(messages):
+                    merge = guessed = True  # strict templates may fail this way too: try merged
                 await self._sleep(wait)
+        if guessed:
+            self._merge_from_now_on("it sent an empty stream for unmerged user messages, and answered merged ones")
+        if finish == "length":
+            log.info("the server stopped the answer at its length limit (finish_reason length, max_tokens %d)", max_tokens)
+            raise ContextTooLong(TOO_LONG) if not yielded else AnswerCut(CUT)
+
+    def _merge_from_now_on(self, why: str) -> None:
+        """Merge runs of user messages in every request to this model from now on; say so once."""
+        if not self.merge_user_turns:
+            self.merge_user_turns = True
+            log.warning("model %s wants user and assistant turns to alternate (%s): merging consecutive user "
+                        "messages from now on (LLMBOT_MERGE_USER_TURNS=true does so from the start)", self.model, why)
 
     def _window(self, deadline: float) -> float:
         """How long the next wait for the server may last: the idle timeout, less if the budget ends first."""
@@ -217,7 +295,11 @@ class OpenAIChat:
             raise LLMError(TOO_SLOW, retryable=True)
         return min(self._idle_timeout, left)
 
-    def _error(self, exc: BaseException, window: float, yielded: bool) -> LLMError:
+    def _error(self, exc: BaseException, window: float, yielded: bool, near_limit: bool, merged: bool) -> LLMError:
+        if isinstance(exc, _EmptyStream):
+            return ContextTooLong(TOO_LONG) if near_limit else LLMError(EMPTY, retryable=True)
+        if merged and isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc)):
+            return LLMError(UNMERGEABLE)
         if isinstance(exc, asyncio.TimeoutError):  # one of our windows ran out
             if window < self._idle_timeout:
                 return LLMError(TOO_SLOW, retryable=True)  # the whole budget, not the idle limit
@@ -270,7 +352,7 @@ class OpenAIChat:
             models = [m.id async for m in self._client.models.list()]
         except openai.NotFoundError:
             return None  # some compatible servers have no /models; the first turn will tell
-        except Exception as exc:  # noqa: BLE001
+        except FAILURES as exc:
             return f"LLM: {translate(exc, self.model).reason} (OPENAI_BASE_URL={self._client.base_url})"
         if models and self.model not in models:
             return f"LLM: the server does not list the model {self.model!r} (LLMBOT_MODEL); it has: {', '.join(models[:10])}"

@@ -7,6 +7,7 @@ moves a FakeClock instead. Idle timeouts are real but short (LLMBOT_LLM_IDLE_TIM
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import socket
 import time
@@ -17,8 +18,8 @@ import pytest
 
 from llmbot.settings import Settings, load_settings
 from llmbot.context import ChatMessage
-from llmbot.errors import ContextTooLong, LLMError
-from llmbot.llm import STALLED, TOO_SLOW, OpenAIChat, backoff, retry_after
+from llmbot.errors import AnswerCut, ContextTooLong, LLMError
+from llmbot.llm import CUT, EMPTY, STALLED, TOO_LONG, TOO_SLOW, UNMERGEABLE, OpenAIChat, backoff, retry_after, translate
 from tests.fakes import FakeClock
 from tests.loopback.fake_openai import FakeOpenAI
 
@@ -64,11 +65,14 @@ class Answer:
     error: LLMError | None
 
 
-async def answer(llm: OpenAIChat) -> Answer:
+HI = [ChatMessage("user", "hi")]
+
+
+async def answer(llm: OpenAIChat, messages: list[ChatMessage] = HI, *, max_tokens: int = 10, near_limit: bool = False) -> Answer:
     """Every delta stream() yielded, and the LLMError that ended it if any."""
     deltas: list[str] = []
     try:
-        async for delta in llm.stream([ChatMessage("user", "hi")], 10):
+        async for delta in llm.stream(messages, max_tokens, near_limit=near_limit):
             deltas.append(delta)
     except LLMError as exc:
         return Answer(deltas, exc)
@@ -315,3 +319,154 @@ class TestPureParts:
         assert [backoff(n, lambda: 1.0) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
         assert backoff(3, lambda: 0.0) == 0.0
         assert backoff(10_000, lambda: 1.0) == 8.0
+
+
+class TestEmptyStream:
+    """llama.cpp fails an overlong streamed prompt after its 200: an empty body, no [DONE]."""
+
+    async def test_an_empty_stream_is_a_failure_retried_and_logged_with_its_cause(self, make_llm, llm_server, waits, caplog):
+        llm_server.enqueue([], empty_stream=True)
+        llm_server.enqueue(["fine"])
+        assert await answer(make_llm()) == Answer(["fine"], None)
+        assert len(llm_server.requests) == 2 and waits.slept == [0.25]
+        (line,) = [r.getMessage() for r in attempt_warnings(caplog)]
+        assert EMPTY in line and "no finish_reason" in line and "retrying" in line
+
+    async def test_an_empty_stream_every_time_fails_after_the_retries(self, make_llm, llm_server, waits):
+        llm_server.context_window = 0  # every prompt is over it
+        result = await answer(make_llm(retries=2))
+        assert type(result.error) is LLMError and result.error.reason == EMPTY and result.error.retryable
+        assert result.deltas == [] and len(llm_server.requests) == 3
+
+    async def test_near_the_limit_an_empty_stream_is_context_too_long_at_once(self, make_llm, llm_server, waits):
+        llm_server.context_window = 0
+        result = await answer(make_llm(), near_limit=True)
+        assert type(result.error) is ContextTooLong and result.error.reason == TOO_LONG
+        assert len(llm_server.requests) == 1 and waits.slept == []
+
+    async def test_an_empty_answer_the_server_finished_is_not_a_failure(self, make_llm, llm_server, caplog):
+        llm_server.enqueue([])  # a role chunk, finish_reason "stop" and [DONE]: the model said nothing
+        assert await answer(make_llm(), near_limit=True) == Answer([], None)
+        assert len(llm_server.requests) == 1 and attempt_warnings(caplog) == []
+
+
+    async def test_text_without_a_finish_reason_is_kept_with_a_warning(self, make_llm, llm_server, caplog):
+        llm_server.enqueue(["Hel", "lo"], finish_reason="")
+        assert await answer(make_llm()) == Answer(["Hel", "lo"], None)
+        assert len(llm_server.requests) == 1
+        assert ["may be incomplete" in r.getMessage() for r in attempt_warnings(caplog)] == [True]
+
+
+class TestAnswerCut:
+    async def test_an_answer_over_max_tokens_yields_its_text_then_raises_answer_cut(self, make_llm, llm_server, waits):
+        llm_server.enqueue(["a", "b", "c", "d"])
+        result = await answer(make_llm(), max_tokens=3)
+        assert result.deltas == ["a", "b", "c"]
+        assert type(result.error) is AnswerCut and result.error.reason == CUT and not result.error.retryable
+        assert len(llm_server.requests) == 1 and waits.slept == []
+
+    async def test_finish_reason_length_is_a_cut_whatever_max_tokens_was(self, make_llm, llm_server):
+        llm_server.enqueue(["a", "b"], finish_reason="length")  # llama.cpp lowers max_tokens to what the window leaves
+        result = await answer(make_llm(), max_tokens=100)
+        assert result.deltas == ["a", "b"] and type(result.error) is AnswerCut
+
+    async def test_no_room_left_for_any_answer_is_context_too_long(self, make_llm, llm_server):
+        llm_server.context_window = 1  # "hi" takes it all
+        result = await answer(make_llm())
+        assert result.deltas == [] and type(result.error) is ContextTooLong
+        assert len(llm_server.requests) == 1
+
+
+TWO_IN_A_ROW = [
+    ChatMessage("system", "be brief"),
+    ChatMessage("user", "@alice: hi", "alice"),
+    ChatMessage("user", "@bob: hello too", "bob"),
+]
+
+
+def merge_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in attempt_warnings(caplog) if "merging consecutive user messages" in r.getMessage()]
+
+
+def sent_roles(request: dict) -> list[str]:
+    return [m["role"] for m in request["messages"]]
+
+
+class TestStrictAlternation:
+    async def test_a_roles_must_alternate_500_switches_this_model_to_merged_user_turns(self, make_llm, llm_server, waits, caplog):
+        llm_server.strict_alternation = True
+        llm = make_llm()
+        assert await answer(llm, TWO_IN_A_ROW) == Answer(["ok"], None)
+        assert [sent_roles(r) for r in llm_server.requests] == [["system", "user", "user"], ["system", "user"]]
+        merged = llm_server.requests[1]["messages"][1]["content"].splitlines()
+        assert [json.loads(line) for line in merged] == [{"from": "alice", "text": "hi"}, {"from": "bob", "text": "hello too"}]
+        assert waits.slept == [] and len(merge_warnings(caplog)) == 1
+
+        assert await answer(llm, TWO_IN_A_ROW) == Answer(["ok"], None)  # remembered: merged at once, no new warning
+        assert len(llm_server.requests) == 3 and sent_roles(llm_server.requests[2]) == ["system", "user"]
+        assert len(merge_warnings(caplog)) == 1
+
+    async def test_a_strict_server_that_sends_an_empty_stream_is_answered_merged_and_remembered(self, make_llm, llm_server, caplog):
+        llm_server.strict_alternation, llm_server.alternation_failure = True, "empty"
+        llm = make_llm()
+        assert await answer(llm, TWO_IN_A_ROW) == Answer(["ok"], None)
+        assert [sent_roles(r) for r in llm_server.requests] == [["system", "user", "user"], ["system", "user"]]
+        assert len(merge_warnings(caplog)) == 1
+        assert await answer(llm, TWO_IN_A_ROW) == Answer(["ok"], None)
+        assert len(llm_server.requests) == 3
+
+    async def test_an_empty_stream_then_an_answer_does_not_switch_when_nothing_needed_merging(self, make_llm, llm_server, caplog):
+        llm_server.enqueue([], empty_stream=True)
+        llm = make_llm()
+        alternating = [ChatMessage("user", "@alice: hi", "alice"), ChatMessage("assistant", "yes"), ChatMessage("user", "@bob: so", "bob")]
+        assert await answer(llm, alternating) == Answer(["ok"], None)
+        assert not llm.merge_user_turns and merge_warnings(caplog) == []
+        await answer(llm, TWO_IN_A_ROW)
+        assert sent_roles(llm_server.requests[-1]) == ["system", "user", "user"]
+
+    async def test_the_setting_merges_from_the_first_request(self, make_llm, llm_server, caplog):
+        llm_server.strict_alternation = True
+        assert await answer(make_llm(LLMBOT_MERGE_USER_TURNS="true"), TWO_IN_A_ROW) == Answer(["ok"], None)
+        assert [sent_roles(r) for r in llm_server.requests] == [["system", "user"]]
+        assert merge_warnings(caplog) == []
+
+    async def test_refused_even_merged_fails_at_once(self, make_llm, llm_server, waits):
+        body = {"error": {"code": 500, "message": "Conversation roles must alternate user/assistant/user/assistant/...", "type": "server_error"}}
+        for _ in range(3):
+            llm_server.enqueue([], status=500, error_body=body)
+        result = await answer(make_llm(), TWO_IN_A_ROW)
+        assert result.error is not None and result.error.reason == UNMERGEABLE and not result.error.retryable
+        assert len(llm_server.requests) == 2 and waits.slept == []
+
+
+class TestOwnBugs:
+    """Only the server's and the transport's failures are translated; a bug of ours propagates as it is."""
+
+    async def test_a_message_that_cannot_be_serialised_raises_its_own_error_unretried(self, make_llm, llm_server, caplog):
+        bad = [ChatMessage("user", {"a", "set"})]  # type: ignore[arg-type]  # the bug under test
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            await answer(make_llm(), bad)
+        assert llm_server.requests == [] and attempt_warnings(caplog) == []
+
+    async def test_a_failing_seam_is_not_mistaken_for_a_flaky_server(self, llm_server, waits, caplog):
+        calls = 0
+
+        def clock() -> float:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # the deadline and the first window, then it breaks once
+                raise RuntimeError("clock broke")
+            return waits.clock()
+
+        llm = OpenAIChat(settings_for_llm(llm_server), retries=3, sleep=waits.sleep, clock=clock)
+        try:
+            with pytest.raises(RuntimeError, match="clock broke"):
+                await answer(llm)
+        finally:
+            await llm.close()
+        assert len(llm_server.requests) == 1 and waits.slept == []
+        assert attempt_warnings(caplog) == []  # not "the language model stopped in the middle"
+
+    def test_a_malformed_chunk_from_the_server_is_still_a_retryable_failure(self):
+        error = translate(json.JSONDecodeError("Expecting value", "data: {oops", 6), "m")
+        assert error.retryable and "malformed" in error.reason

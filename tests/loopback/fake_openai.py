@@ -9,7 +9,21 @@ Faults, per scripted reply (``enqueue`` keywords):
     fail_after=N       drop the connection after N streamed chunks
     stall_after=N      go silent after N chunks (0: right after the headers), connection open
     stall_headers=True go silent before even the response headers
+    finish_reason="length"  end the stream with that finish_reason (default: "stop"; "": the body
+                       ends after the chunks, with no finish_reason and no [DONE])
+    empty_stream=True  200, event-stream headers, an empty body and the connection closed, as below
+                       (not streamed: a 500)
 A stalled reply holds until the client hangs up or the server stops.
+
+What llama.cpp's server does (llama-cpp-python 0.3.36), off by default:
+    context_window=N   prompts over N tokens (words, as in usage) fail: streamed, with 200, event-stream
+                       headers and an empty body (no [DONE]), then the connection closes; not
+                       streamed, with 400 context_length_exceeded. A prompt that fits lowers
+                       max_tokens to what the window leaves.
+    strict_alternation a request whose non-system messages do not go user, assistant, user...
+                       gets a 500 "Conversation roles must alternate ..." (alternation_failure="empty":
+                       a streamed one gets the empty stream instead)
+A reply with more chunks than max_tokens (a chunk being a token) is cut there, with finish_reason "length".
 
 Random faults for soak tests: ``fail_rate(0.2, seed=1)`` makes about 20% of the
 requests fail, each either with one of the statuses (429 carries Retry-After: 0)
@@ -60,6 +74,8 @@ class Reply:
     fail_after: int | None = None
     stall_after: int | None = None
     stall_headers: bool = False
+    finish_reason: str | None = None
+    empty_stream: bool = False
 
 
 class FakeOpenAI:
@@ -72,6 +88,9 @@ class FakeOpenAI:
         self.models = ["gpt-4o-mini"]
         self.responder: Callable[[dict], Any] | None = None
         self.default_first_delay = 0.0
+        self.context_window: int | None = None
+        self.strict_alternation = False
+        self.alternation_failure = "500"  # or "empty"
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.faults_injected = 0
@@ -107,10 +126,11 @@ class FakeOpenAI:
 
     def enqueue(self, chunks: list[str] | tuple[str, ...] = (), *, delay: float = 0.0, first_delay: float = 0.0,
                 status: int | None = None, error_body: Any = None, headers: dict | None = None,
-                fail_after: int | None = None, stall_after: int | None = None, stall_headers: bool = False) -> None:
+                fail_after: int | None = None, stall_after: int | None = None, stall_headers: bool = False,
+                finish_reason: str | None = None, empty_stream: bool = False) -> None:
         """Script the reply to the next request (FIFO)."""
         self._queue.append(Reply(list(chunks), delay, first_delay, status, error_body, dict(headers or {}),
-                                 fail_after, stall_after, stall_headers))
+                                 fail_after, stall_after, stall_headers, finish_reason, empty_stream))
 
     def fail_rate(self, probability: float, seed: int, statuses: tuple[int, ...] = (429, 500, 502, 503)) -> None:
         """Fail about `probability` of the chat requests from now on (0 turns it off); see the module docstring.
@@ -189,12 +209,18 @@ class FakeOpenAI:
             return _json_response(_error_body(400, "Request body must be a JSON object."), 400)
         self.requests.append(body)
         self.headers_seen.append(dict(request.headers))
-        reply = await self._next_reply(body)
+        refused = await self._refuse(request, body)
+        if refused is not None:
+            return refused
+        reply = self._fit(body, await self._next_reply(body))
         if reply.stall_headers:
             await self._hold(request)
             self._abort(request)
             return web.Response()
-        if reply.status is not None:
+        if reply.empty_stream and body.get("stream"):
+            return await self._empty_stream(request)
+        if reply.status is not None or reply.empty_stream:
+            reply.status = reply.status or 500
             await asyncio.sleep(reply.first_delay)
             err = reply.error_body
             if err is None:
@@ -215,7 +241,7 @@ class FakeOpenAI:
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", ""), "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": None, "finish_reason": reply.finish_reason or "stop"}],
             "usage": self._usage(body, reply.chunks),
         }, headers=reply.headers)
 
@@ -251,14 +277,55 @@ class FakeOpenAI:
         if reply.fail_after is not None:
             self._abort(request)
             return resp
+        if reply.finish_reason == "":  # the body just ends: no finish_reason, no [DONE]
+            await resp.write_eof()
+            return resp
         if not reply.chunks:
             await resp.write(chunk({"role": "assistant", "content": ""}))
-        await resp.write(chunk({}, "stop"))
+        await resp.write(chunk({}, reply.finish_reason or "stop"))
         if include_usage:
             await resp.write(chunk({}, choices=False))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def _refuse(self, request: web.Request, body: dict) -> web.StreamResponse | None:
+        """llama.cpp's answer to a request it cannot take (see the module docstring), if any."""
+        # the fake's own check, not llmbot's: a test of llmbot's merge must not grade itself
+        roles = [m.get("role") for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") != "system"]
+        if self.strict_alternation and roles != ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2):
+            if body.get("stream") and self.alternation_failure == "empty":
+                return await self._empty_stream(request)
+            message = "Conversation roles must alternate user/assistant/user/assistant/..."
+            return _json_response({"error": {"code": 500, "message": message, "type": "server_error"}}, 500)
+        prompt = self._prompt_tokens(body)
+        if self.context_window is None or prompt <= self.context_window:
+            return None
+        if body.get("stream"):  # llama.cpp fails only once the 200 and the headers went out
+            return await self._empty_stream(request)
+        message = (f"This model's maximum context length is {self.context_window} tokens. However, you requested "
+                   f"{prompt} tokens in the messages. Please reduce the length of the messages.")
+        return _json_response({"error": {"message": message, "type": "invalid_request_error",
+                                         "param": "messages", "code": "context_length_exceeded"}}, 400)
+
+    @staticmethod
+    async def _empty_stream(request: web.Request) -> web.StreamResponse:
+        """200, event-stream headers, then an empty body (no chunk, no [DONE]) and the connection closed."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+
+    def _fit(self, body: dict, reply: Reply) -> Reply:
+        """Cut the reply at max_tokens, lowered to what the context window leaves, as llama.cpp does."""
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        if self.context_window is not None:
+            room = self.context_window - self._prompt_tokens(body)
+            limit = room if not isinstance(limit, int) else min(limit, room)
+        if isinstance(limit, int) and len(reply.chunks) > limit:
+            reply.chunks, reply.finish_reason = reply.chunks[:limit], "length"
+        return reply
 
     @staticmethod
     def _abort(request: web.Request) -> None:
@@ -268,8 +335,12 @@ class FakeOpenAI:
             request.transport.abort()
 
     @staticmethod
-    def _usage(body: dict, chunks: list[str]) -> dict:
-        # Rough token counts (words); enough for code that only logs or sums them.
-        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
+    def _prompt_tokens(body: dict) -> int:
+        # Rough token counts (words); enough for code that only logs or sums them, or tests a limit.
+        return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
+
+    @classmethod
+    def _usage(cls, body: dict, chunks: list[str]) -> dict:
+        prompt = cls._prompt_tokens(body)
         completion = len(chunks)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
