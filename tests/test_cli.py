@@ -96,7 +96,8 @@ class TestCheck:
 
 class TestRun:
     async def test_a_revoked_token_stops_run_with_a_clear_error_and_no_secret(self, mm, llm_server, tmp_path, capsys):
-        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="revoked-token-xyz", LLMBOT_LOG_LEVEL="DEBUG"))
+        overrides = {"MATTERMOST_TOKEN": "revoked-token-xyz", "LLMBOT_LOG_LEVEL": "DEBUG"}
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, **overrides))
         assert await run_cli("--env-file", env, "run") == 1
         gc.collect()  # an HTTP session left open reports itself when collected
         err = capsys.readouterr().err
@@ -141,13 +142,18 @@ async def bot_process(mm, env: str) -> AsyncIterator[asyncio.subprocess.Process]
             await proc.wait()
 
 
+async def stderr_of(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stderr is not None  # bot_process pipes it
+    return (await proc.stderr.read()).decode()
+
+
 class TestStopping:
     async def test_sigterm_stops_a_running_bot_with_exit_code_0(self, mm, llm_server, tmp_path):
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
         async with bot_process(mm, env) as proc:
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 10)
-        err = (await proc.stderr.read()).decode()
+        err = await stderr_of(proc)
         assert code == 0, err
         assert "stopping: no new turns" in err
 
@@ -163,7 +169,7 @@ class TestStopping:
             sent = time.monotonic()
             code = await asyncio.wait_for(proc.wait(), 12)
             took = time.monotonic() - sent
-        err = (await proc.stderr.read()).decode()
+        err = await stderr_of(proc)
         assert code == 0, err
         assert took < 10.0
         answer = mm.thread(post["id"])[-1]["message"]
@@ -174,7 +180,7 @@ class TestStopping:
         async with bot_process(mm, env) as proc:
             await mm.revoke(mm.bot)
             code = await asyncio.wait_for(proc.wait(), 15)
-        err = (await proc.stderr.read()).decode()
+        err = await stderr_of(proc)
         assert code == 1, err
         assert "MATTERMOST_TOKEN" in err and "revoked" in err
         assert mm.bot_token not in err and "Traceback" not in err

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from llmbot.errors import ConfigError
 from llmbot.settings import (
     DEFAULT_TRIGGER,
     ServerURL,
@@ -16,7 +17,6 @@ from llmbot.settings import (
     load_settings,
     read_environment,
 )
-from llmbot.errors import ConfigError
 
 TOKEN = "mm-token-4f9c2e7a1b"
 API_KEY = "sk-test-0123456789abcdef"
@@ -154,7 +154,9 @@ class TestDefaults:
         assert settings.deny_users == frozenset({"bob"})
         assert settings.end_words == ("bye", "ciao")
         with pytest.raises(ValidationError):
-            Settings(mattermost_url=ServerURL("http", "chat", 80), mattermost_token="t", openai_api_key="k", conversation_ttl=math.inf)
+            Settings(
+                mattermost_url=ServerURL("http", "chat", 80), mattermost_token="t", openai_api_key="k", conversation_ttl=math.inf
+            )
 
 
 class TestServerURL:
@@ -477,7 +479,9 @@ class TestReadEnvironment:
         assert "LLMBOT_MODEL" not in read_environment(None)
         assert read_environment()["LLMBOT_MODEL"] == "from-file"  # the default is ./.env
 
-    def test_the_shipped_example_shows_the_defaults_and_loads_once_the_secrets_are_filled(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_shipped_example_shows_the_defaults_and_loads_once_the_secrets_are_filled(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("MATTERMOST_TOKEN", TOKEN)
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         settings = load_settings(read_environment(REPO / ".env.example"))
