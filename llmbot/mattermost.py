@@ -1,28 +1,24 @@
 """Mattermost adapter over mattermostautodriver: the only module that imports the driver.
 
-Every driver and transport exception is translated into errors.ChatError types here.
+Every driver and transport exception is translated into errors.ChatError types here; any other
+exception is a bug and propagates unchanged. The driver never retries: llmbot/retry.py does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 from cachetools import LRUCache
 from httpx_aiohttp import AiohttpTransport
-from mattermostautodriver import AsyncTypedDriver, Websocket
+from mattermostautodriver import AsyncTypedDriver
 from mattermostautodriver import exceptions as mm
 
-from .settings import Settings
 from .errors import (
     ChatAuthError,
     ChatBadRequest,
@@ -32,41 +28,34 @@ from .errors import (
     ChatRateLimited,
     ChatUnavailable,
 )
+from .mattermost_socket import EventSocket, reconnect_delay
+from .ports import Channel  # the core's type; re-exported for old imports
 from .router import Identity
+from .settings import Settings
 from .thread import Post, Thread, post_from_json, posts_from_post_list, thread_from_posts
 from .triggers import mention_pattern
+
+__all__ = ["Channel", "MattermostChat", "reconnect_delay", "translate"]  # reconnect_delay: its old home
 
 log = logging.getLogger(__name__)
 
 THREAD_PAGE = 200  # the server's maximum perPage
 MAX_THREAD_PAGES = 100  # 20,000 posts: far past any context budget; stops a runaway loop
 SINCE_LIMIT = 1000  # the server returns at most this many posts for ?since=
-HEARTBEAT = 30.0  # seconds between websocket pings; a dead peer is noticed within 1.5x this
-STABLE_AFTER = 60.0  # a connection that lived this long resets the reconnect backoff
+# Failures of the client stack that a translation covers; any other exception is a bug.
+# TimeoutError is an OSError; JSONDecodeError is an unreadable body, UnicodeDecodeError its bytes.
+_CLIENT_ERRORS = (
+    httpx.HTTPError, mm.InvalidMattermostError, aiohttp.ClientError, OSError, json.JSONDecodeError, UnicodeDecodeError,
+)
 
 
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """A channel the bot is a member of, as the catch-up needs it."""
-
-    id: str
-    type: str
-    name: str
-    display_name: str
-    team_id: str
-    last_post_at: int
-
-
-def reconnect_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with jitter: half fixed, half random, so replicas don't reconnect in step."""
-    ceiling = min(cap, base * 2**attempt)
-    return ceiling / 2 + rng() * ceiling / 2
-
-
-def translate(exc: BaseException) -> ChatError:
-    """One place that maps driver and httpx failures to our error types."""
+def translate(exc: BaseException) -> ChatError | None:
+    """One place that maps driver, httpx and aiohttp failures to our error types; None for
+    anything else (a bug of ours or a library's), which the caller re-raises unchanged."""
     if isinstance(exc, ChatError):
         return exc
+    if not isinstance(exc, _CLIENT_ERRORS):
+        return None
     message = str(exc) or type(exc).__name__
     if isinstance(exc, mm.NoAccessTokenProvided):
         return ChatAuthError(f"Mattermost rejected the token: {message}")
@@ -74,8 +63,8 @@ def translate(exc: BaseException) -> ChatError:
         return ChatForbidden(message)
     if isinstance(exc, mm.ResourceNotFound):
         return ChatNotFound(message)
-    if isinstance(exc, mm.TooManyRequests):
-        return ChatRateLimited(message, getattr(exc, "retry_after", None))
+    if isinstance(exc, mm.TooManyRequests):  # retry_after: the driver reads Retry-After / X-RateLimit-Reset
+        return ChatRateLimited(message, exc.retry_after)
     if isinstance(exc, (mm.InvalidOrMissingParameters, mm.ContentTooLarge)):
         return ChatBadRequest(message)
     if isinstance(exc, mm.MattermostError):  # 5xx and the rarer 4xx (405, 501)
@@ -84,37 +73,9 @@ def translate(exc: BaseException) -> ChatError:
         return error(f"Mattermost answered {status}: {message}", status)
     if isinstance(exc, mm.InvalidMattermostError):  # an error without Mattermost's JSON body (proxy pages)
         return ChatUnavailable(f"Mattermost answered {exc.status_code} with an unreadable body", exc.status_code)
-    if isinstance(exc, (httpx.HTTPError, OSError, asyncio.TimeoutError, ValueError)):
-        return ChatUnavailable(f"Mattermost could not be reached: {message}")
-    return ChatUnavailable(f"unexpected Mattermost client error: {type(exc).__name__}: {message}")
-
-
-class _SupervisedSocket(Websocket):
-    """The driver's websocket for ONE connection: `connect_once` returns or raises when it ends,
-    and MattermostChat.listen decides whether and when to reconnect (the driver's own loop
-    retries forever, even with a revoked token). Keeps the live socket to send actions on."""
-
-    live: Any = None
-    authenticated = False
-
-    async def _authenticate_websocket(self, websocket: Any, event_handler: Any) -> bool:
-        result = await super()._authenticate_websocket(websocket, event_handler)
-        self.live = websocket
-        self.authenticated = True
-        return bool(result)
-
-    async def connect_once(self, url: str, event_handler: Callable[[str], Awaitable[None]]) -> None:
-        self._alive = True
-        self.authenticated = False
-        async with aiohttp.ClientSession() as session:
-            # heartbeat: aiohttp pings and closes a connection whose peer stopped answering,
-            # so a half-open TCP connection cannot silence the bot.
-            async with session.ws_connect(url, heartbeat=HEARTBEAT, proxy=self.options.get("proxy")) as websocket:
-                try:
-                    await self._authenticate_websocket(websocket, event_handler)
-                    await self._start_loop(websocket, event_handler)
-                finally:
-                    self.live = None
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return ChatUnavailable(f"Mattermost answered with an unreadable body: {message}")
+    return ChatUnavailable(f"Mattermost could not be reached: {type(exc).__name__}: {message}")
 
 
 class MattermostChat:
@@ -125,7 +86,6 @@ class MattermostChat:
         settings: Settings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_retries: int = 3,
         reconnect_base: float = 1.0,
         reconnect_cap: float = 60.0,
         rng: Callable[[], float] = random.random,
@@ -139,33 +99,38 @@ class MattermostChat:
             "request_timeout": settings.request_timeout,
             "keepalive": True,
             "keepalive_delay": 5,
-            "max_retries": max_retries,  # 429 on any call, 502-504 and transport errors on GET/PUT
+            # One retry layer, llmbot/retry.py's: driver retries under it multiplied the waits
+            # (a dead server held a turn ~11 minutes). 0: a 429 is raised at once, with the
+            # server's Retry-After in TooManyRequests.retry_after.
+            "max_retries": 0,
         }
         # aiohttp under httpx: the driver's default httpcore pool costs several times more CPU
         # per request when hundreds of turns run at once (see bench/bench_concurrency.py).
         options["transport"] = transport if transport is not None else AiohttpTransport()
         self._driver = AsyncTypedDriver(options)
-        self._ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.host}:{url.port}/api/v4/websocket"
+        ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.host}:{url.port}/api/v4/websocket"
+        self._events = EventSocket(
+            ws_url, settings.mattermost_token, reconnect_base=reconnect_base, reconnect_cap=reconnect_cap, rng=rng
+        )
         self._secrets = settings.secrets()
-        self._reconnect = (reconnect_base, reconnect_cap, rng)
         self._names: LRUCache[str, str] = LRUCache(maxsize=50_000)
-        self._socket: _SupervisedSocket | None = None
-        self._send_lock = asyncio.Lock()
-        self._seq = itertools.count(2)  # seq 1 is the driver's authentication challenge
         self.me: Identity | None = None
 
     async def close(self) -> None:
-        if self._socket is not None:
-            self._socket.disconnect()
+        await self._events.close()
         await self._driver.close()
 
     async def _call(self, what: str, call: Awaitable[Any]) -> Any:
         try:
             result = await call
-        except Exception as exc:  # noqa: BLE001 - translated, never leaked
-            raise translate(exc) from exc
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise  # a bug, not a flaky server: never retried, logged with its traceback upstream
+            raise error from exc
         if isinstance(result, httpx.Response):  # the driver hands back non-JSON responses raw
-            raise ChatUnavailable(f"{what}: unexpected {result.status_code} response of type {result.headers.get('content-type')!r}")
+            content_type = result.headers.get("content-type")
+            raise ChatUnavailable(f"{what}: unexpected {result.status_code} response of type {content_type!r}")
         return result
 
     async def login(self) -> Identity:
@@ -243,7 +208,8 @@ class MattermostChat:
     async def teams(self) -> dict[str, str]:
         """Team names by id, for access lists written with names."""
         data = await self._call("my teams", self._driver.teams.get_teams_for_user("me"))
-        return {t["id"]: _str(t.get("name")) for t in data if isinstance(t, dict) and isinstance(t.get("id"), str)} if isinstance(data, list) else {}
+        teams = data if isinstance(data, list) else []
+        return {t["id"]: _str(t.get("name")) for t in teams if isinstance(t, dict) and isinstance(t.get("id"), str)}
 
     async def posts_since(self, channel_id: str, since_ms: int) -> tuple[list[Post], bool]:
         """Posts of a channel created after `since_ms`, oldest first, and whether the server's
@@ -281,50 +247,23 @@ class MattermostChat:
                 text = text.replace(secret, "***")
         return text
 
+    async def add_reaction(self, post_id: str, emoji_name: str) -> None:
+        """The bot's `emoji_name` reaction on a post (e.g. "eyes", "white_check_mark")."""
+        if self.me is None:
+            raise RuntimeError("add_reaction before login()")
+        body = {"user_id": self.me.user_id, "post_id": post_id, "emoji_name": emoji_name}
+        await self._call("add reaction", self._driver.reactions.save_reaction(options=body))
+
     async def send_typing(self, channel_id: str, parent_id: str) -> None:
         """Typing indicator over the open socket (no REST call); skipped when it is down."""
-        socket = self._socket.live if self._socket is not None else None
-        if socket is None or socket.closed:
-            return
-        frame = json.dumps(
-            {"action": "user_typing", "seq": next(self._seq), "data": {"channel_id": channel_id, "parent_id": parent_id}}
-        )
-        try:
-            async with self._send_lock:
-                await socket.send_str(frame)
-        except Exception as exc:  # noqa: BLE001 - a typing indicator is never worth failing a turn
-            log.debug("typing indicator not sent: %s", exc)
+        await self._events.send("user_typing", {"channel_id": channel_id, "parent_id": parent_id})
 
     async def listen(self, on_frame: Callable[[str], Awaitable[None]]) -> None:
-        """Feed every websocket frame to `on_frame` until cancelled, reconnecting with jittered
-        exponential backoff. Raises ChatAuthError when the server refuses the bot's token: a
-        revoked token or a deactivated bot must stop the process, not retry forever."""
-
-        async def guarded(raw: str) -> None:
-            try:
-                await on_frame(raw)
-            except Exception:  # noqa: BLE001 - an exception here would drop the socket
-                log.exception("websocket frame handler failed; frame skipped")
-
-        base, cap, rng = self._reconnect
-        socket = self._socket = _SupervisedSocket(self._driver.options, self._driver.client.token)
-        attempt = 0
-        while True:
-            opened = time.monotonic()
-            try:
-                await socket.connect_once(self._ws_url, guarded)
-                why = "closed"
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, TypeError, ValueError) as exc:
-                # TypeError: aiohttp's receive_str() on a CLOSE frame (WSMessageTypeError)
-                why = f"lost ({type(exc).__name__}: {exc})" if str(exc) else f"lost ({type(exc).__name__})"
-            if not socket.authenticated:
-                await self._check_token()
-            if socket.authenticated and time.monotonic() - opened >= STABLE_AFTER:
-                attempt = 0
-            delay = reconnect_delay(attempt, base, cap, rng)
-            attempt += 1
-            log.warning("websocket %s; reconnecting in %.1fs", why, delay)
-            await asyncio.sleep(delay)
+        """Feed every raw websocket text frame to `on_frame` until cancelled or closed,
+        reconnecting with jittered exponential backoff. A frame whose `on_frame` raises is
+        logged with its traceback and skipped. Raises ChatAuthError when the server refuses
+        the bot's token: a revoked token or a deactivated bot must stop the process."""
+        await self._events.run(on_frame, self._check_token)
 
     async def _check_token(self) -> None:
         """The socket closed before it was accepted: a refused token ends listen() (fatal),

@@ -1,29 +1,64 @@
-"""Retrying Mattermost calls: which failures may pass, how long to wait, one loop for all."""
+"""Retrying Mattermost calls: which failures may pass, how long to wait, one loop for all.
+
+This is the ONLY retry layer for Mattermost (the driver runs with max_retries=0). tenacity runs
+the loop: counting tries, the retry predicate, re-raising the last error. Two rules are ours,
+because tenacity cannot express them: the wait (its jittered waits draw from the global `random`
+and never read a 429's Retry-After) and the deadline (its time limits count from a start taken
+on time.monotonic; ours is an absolute time on an injectable clock, and bounds each try too).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
+
+from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited, ChatUnavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 ATTEMPTS = 5  # tries of one Mattermost call before giving up
-RETRY_BASE = 0.5  # seconds before the 2nd try, doubling: 0.5 + 1 + 2 + 4 = 7.5 s in all
+RETRY_BASE = 0.5  # the 2nd try comes after 0.25-0.5 s, each later wait doubles: at most 7.5 s in all
+MAX_WAIT = 30.0  # no single wait is longer, whatever a 429 asked for
 # Answers that another try cannot change: not a member (403), gone (404), refused as written (400).
 FINAL = (ChatForbidden, ChatNotFound, ChatBadRequest)
 
 
-def retry_wait(attempt: int, exc: ChatError, base: float) -> float:
-    """Seconds before the next try: what a 429 asked for, else exponential backoff."""
+def retry_wait(attempt: int, exc: BaseException, base: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before the next try after failed try number `attempt` (0-based): what a 429 asked
+    for, else exponential backoff, half fixed and half random so many turns don't retry in step."""
     if isinstance(exc, ChatRateLimited) and exc.retry_after is not None:
-        return min(exc.retry_after, 30.0)
-    return base * 2**attempt
+        return min(exc.retry_after, MAX_WAIT)
+    ceiling = min(MAX_WAIT, base * 2.0**attempt)
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+def _passing(exc: BaseException) -> bool:
+    """A failure another try may cure; anything not a ChatError is a bug and is raised at once."""
+    return isinstance(exc, ChatError) and not isinstance(exc, FINAL)
+
+
+class _NoTimeLeft(stop_base):
+    """Stop when the next wait would end at or after the deadline: it leaves no time for a try."""
+
+    def __init__(self, deadline: float | None, clock: Callable[[], float]) -> None:
+        self.deadline, self.clock = deadline, clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.deadline is not None and self.clock() + retry_state.upcoming_sleep >= self.deadline
+
+
+def _failure(state: RetryCallState) -> BaseException:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc if exc is not None else RuntimeError("no failure recorded")
 
 
 async def with_retries(
@@ -32,18 +67,50 @@ async def with_retries(
     *,
     attempts: int = ATTEMPTS,
     base: float = RETRY_BASE,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: Callable[[], float] = random.random,
 ) -> T:
-    """call() until it succeeds. A FINAL failure is raised at once, any other ChatError after
-    `attempts` tries; each failed try is one warning naming `what`."""
-    for attempt in range(attempts):
-        try:
+    """call() until it succeeds. A FINAL failure or a non-ChatError is raised at once, any other
+    ChatError after `attempts` tries; each failed try is one warning naming `what`.
+
+    `deadline` is an absolute clock() time: no wait ends past it, and each try gets only the time
+    left (then ChatUnavailable says the deadline passed). `clock` must tick like the event loop's
+    clock, as the per-try bound is an asyncio.timeout."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+    def wait(state: RetryCallState) -> float:
+        return retry_wait(state.attempt_number - 1, _failure(state), base, rng)
+
+    def log_failure(state: RetryCallState) -> None:
+        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number, attempts, _failure(state))
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts) | _NoTimeLeft(deadline, clock),
+        wait=wait,
+        retry=retry_if_exception(_passing),
+        after=log_failure,
+        sleep=sleep,
+        reraise=True,
+    )
+    result: T = await retrying(_one_try, call, what, deadline, clock)
+    return result
+
+
+async def _one_try(call: Callable[[], Awaitable[T]], what: str, deadline: float | None, clock: Callable[[], float]) -> T:
+    """One call, cut off when the deadline comes."""
+    if deadline is None:
+        return await call()
+    left = deadline - clock()
+    if left <= 0:
+        raise ChatUnavailable(f"{what}: the deadline passed before the call was made")
+    timeout = asyncio.timeout(left)
+    try:
+        async with timeout:
             return await call()
-        except FINAL:
-            raise
-        except ChatError as exc:
-            log.warning("%s failed (try %d of %d): %s", what, attempt + 1, attempts, exc)
-            if attempt + 1 >= attempts:
-                raise
-            await sleep(retry_wait(attempt, exc, base))
-    raise ValueError(f"attempts must be at least 1, not {attempts}")
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # not our cut-off: the call's own business
+        raise ChatUnavailable(f"{what}: no answer within the {left:.1f} s left before the deadline") from None

@@ -11,14 +11,16 @@ inspect what it did (``requests``, ``posts``, ``edits``, ``typing``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import json
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -26,6 +28,12 @@ SERVER_VERSION = "10.11.0"
 MAX_MESSAGE_RUNES = 16383
 WS_PATH = "/api/v4/websocket"
 WS_AUTH_TIMEOUT = 5.0
+# The server forgets a pending_post_id this long after it saved the post (pendingPostIDsCacheTTL,
+# server/channels/app/post.go): a create retried later makes a second post.
+PENDING_POST_TTL = 30.0
+_BAD_URL_PARAM = "Invalid or missing parameter in request URL."
+EMOJI_NAME_MAX = 64  # model.EmojiNameMaxLength
+_EMOJI_NAME = re.compile(r"^[a-zA-Z0-9\-+_]+$")  # Reaction.IsValid; every emoji name has this shape
 # Mattermost ids are 26 chars of this base32 alphabet (all lowercase alnum).
 _ID_ALPHABET = "ybndrfg8ejkmcpqxot1uwisza345h769"
 
@@ -38,6 +46,11 @@ USER_ID = _RequestKey("user_id", str) if _RequestKey else "user_id"
 
 def new_id() -> str:
     return "".join(random.choices(_ID_ALPHABET, k=26))
+
+
+def _valid_id(value: str) -> bool:
+    """model.IsValidId: 26 letters and digits."""
+    return len(value) == 26 and value.isascii() and value.isalnum()
 
 
 def _id_of(obj: dict | str) -> str:
@@ -98,17 +111,19 @@ class _WsConn:
             if with_seq:
                 payload = {**payload, "seq": self.seq}
                 self.seq += 1
-            try:
+            with contextlib.suppress(ConnectionError, RuntimeError):  # client went away; its handler cleans up
                 await self.ws.send_str(json.dumps(payload))
-            except (ConnectionError, RuntimeError):
-                pass  # client went away; its handler cleans up
 
 
 class FakeMattermost:
     """In-process Mattermost server on 127.0.0.1 (random port)."""
 
-    def __init__(self, clock: Callable[[], float] | None = None):
+    def __init__(self, clock: Callable[[], float] | None = None, dedupe_clock: Callable[[], float] | None = None):
+        """`clock`: wall-clock seconds for create_at/update_at (tests freeze it). `dedupe_clock`:
+        monotonic seconds for the pending_post_id window, separate so a test can move past the
+        30 s without touching timestamps (default time.monotonic)."""
         self.clock = clock or time.time
+        self.dedupe_clock = dedupe_clock or time.monotonic
         self.host = "127.0.0.1"
         self.users: dict[str, dict] = {}
         self.channels: dict[str, dict] = {}
@@ -122,6 +137,8 @@ class FakeMattermost:
         self._fault_rate: _FaultRate | None = None
         self._slow: list[list] = []  # [method, pattern, seconds, times left]
         self.pending_post_ids: dict[str, str] = {}  # pending_post_id -> post id (the server's dedupe)
+        self._pending_seen: dict[str, float] = {}  # pending_post_id -> dedupe_clock() when saved
+        self.reactions: list[dict] = []
         self._conns: list[_WsConn] = []
         self._last_ms = 0
         self._runner: web.AppRunner | None = None
@@ -149,6 +166,7 @@ class FakeMattermost:
         r.add_delete("/api/v4/posts/{post_id}", self._delete_post_rest)
         r.add_put("/api/v4/posts/{post_id}/patch", self._patch_post)
         r.add_get("/api/v4/posts/{post_id}/thread", self._get_thread)
+        r.add_post("/api/v4/reactions", self._save_reaction)
         # Short shutdown timeout: a test's stop() must not wait on slow handlers.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -231,7 +249,7 @@ class FakeMattermost:
 
     def dm_channel(self, user_a: dict | str, user_b: dict | str) -> dict:
         a, b = sorted((_id_of(user_a), _id_of(user_b)))
-        for cid, ch in self.channels.items():
+        for ch in self.channels.values():
             if ch["type"] == "D" and ch["name"] == f"{a}__{b}":
                 return copy.deepcopy(ch)
         return self.add_channel(f"{a}__{b}", type="D", team_id="", members=(a, b), display_name="")
@@ -357,10 +375,8 @@ class FakeMattermost:
             if conn.user_id:
                 async with conn.lock:
                     if not conn.ws.closed:
-                        try:
+                        with contextlib.suppress(ConnectionError, RuntimeError):
                             await conn.ws.send_str(text)
-                        except (ConnectionError, RuntimeError):
-                            pass
 
     async def drop_websockets(self) -> None:
         """Close every client socket from the server side (GOING_AWAY, like a restart)."""
@@ -383,7 +399,7 @@ class FakeMattermost:
         props = dict(props or {})
         if self.users[user_id]["is_bot"] and not system:
             props["from_bot"] = "true"  # the server adds this for every bot author
-        post = {
+        post: dict[str, Any] = {
             "id": new_id(), "create_at": now, "update_at": now, "edit_at": 0, "delete_at": 0,
             "is_pinned": False, "user_id": user_id, "channel_id": channel_id, "root_id": root_id,
             "original_id": "", "message": message, "type": type, "props": props, "hashtags": "",
@@ -461,7 +477,7 @@ class FakeMattermost:
                 timeout = None if conn.user_id else max(0.001, deadline - loop.time())
                 try:
                     msg = await ws.receive(timeout=timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break  # no authentication within 5 s: the server closes
                 if msg.type != WSMsgType.TEXT:
                     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
@@ -493,7 +509,7 @@ class FakeMattermost:
         if not isinstance(frame, dict):
             return True
         action, seq = frame.get("action"), frame.get("seq")
-        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
+        data = frame["data"] if isinstance(frame.get("data"), dict) else {}
         if action == "authentication_challenge" and not conn.user_id:
             user_id = self.tokens.get(str(data.get("token", "")))
             if user_id is None:
@@ -648,14 +664,48 @@ class FakeMattermost:
         if len(message) > MAX_MESSAGE_RUNES:  # len() of a str counts code points = runes
             raise ApiError(400, "model.post.is_valid.message_length.app_error", "Invalid Message property.")
         pending = str(body.get("pending_post_id") or "")
+        self._forget_stale_pending()
         if pending in self.pending_post_ids:  # the server's deduplicateCreatePost: the same post again
             return _json_response(self.posts[self.pending_post_ids[pending]], status=201)
         post = self._store_post(request[USER_ID], channel["id"], message, root_id=root_id, props=props,
                                 file_ids=body.get("file_ids"), pending_post_id=pending)
         if pending:
             self.pending_post_ids[pending] = post["id"]
+            self._pending_seen[pending] = self.dedupe_clock()
         await self._broadcast_posted(post)
         return _json_response(post, status=201)
+
+    def _forget_stale_pending(self) -> None:
+        """Drop pending ids saved PENDING_POST_TTL or more ago, as the server's cache expires them."""
+        now = self.dedupe_clock()
+        for pending in [p for p, seen in self._pending_seen.items() if now - seen >= PENDING_POST_TTL]:
+            del self._pending_seen[pending], self.pending_post_ids[pending]
+
+    async def _save_reaction(self, request: web.Request) -> web.Response:
+        """POST /reactions as the server's saveReaction: checks in its order, then an upsert of
+        (user, post, emoji); answers 200 (the handler writes no 201, whatever the API spec says)."""
+        body = self._body(request, dict)
+        user_id, post_id, name = (str(body.get(k) or "") for k in ("user_id", "post_id", "emoji_name"))
+        if not _valid_id(user_id) or not _valid_id(post_id) or not name or len(name) > EMOJI_NAME_MAX:
+            raise ApiError(400, "api.reaction.save_reaction.invalid.app_error", "Invalid or missing reaction.")
+        if user_id != request[USER_ID]:
+            raise ApiError(403, "api.reaction.save_reaction.user_id.app_error", "You can not save reaction for the other user.")
+        post = self.posts.get(post_id)
+        if post is None or request[USER_ID] not in self.members.get(post["channel_id"], []):
+            raise ApiError(403, "api.context.permissions.app_error", "You do not have the appropriate permissions.")
+        if post["delete_at"]:
+            raise ApiError(404, "app.post.get.app_error", "Unable to get the post.")
+        if not _EMOJI_NAME.match(name):  # no system or custom emoji is called that: the lookup fails
+            raise ApiError(404, "app.emoji.get_by_name.no_result", "Unable to find the emoji.")
+        now = self._now_ms()
+        reaction = {"user_id": user_id, "post_id": post_id, "emoji_name": name, "create_at": now,
+                    "update_at": now, "delete_at": 0, "remote_id": "", "channel_id": post["channel_id"]}
+        self.reactions = [r for r in self.reactions if (r["user_id"], r["post_id"], r["emoji_name"]) != (user_id, post_id, name)]
+        self.reactions.append(reaction)
+        post["update_at"], post["has_reactions"] = now, True  # the store touches the post too
+        data = {"reaction": json.dumps(reaction)}
+        await self._broadcast(post["channel_id"], "reaction_added", lambda _uid: data)
+        return _json_response(reaction)
 
     async def _get_channels_for_user(self, request: web.Request) -> web.Response:
         uid = request.match_info["user_id"]
@@ -679,7 +729,7 @@ class FakeMattermost:
             since = int(request.query.get("since") or 0)
             page, per_page = int(request.query.get("page") or 0), int(request.query.get("per_page") or 60)
         except ValueError:
-            raise ApiError(400, "api.context.invalid_url_param.app_error", "Invalid or missing parameter in request URL.") from None
+            raise ApiError(400, "api.context.invalid_url_param.app_error", _BAD_URL_PARAM) from None
         if since:
             rows = sorted((p for p in rows if p["update_at"] > since), key=lambda p: p["create_at"], reverse=True)[:1000]
         else:
@@ -736,10 +786,10 @@ class FakeMattermost:
             per_page = int(q.get("perPage") or 0)
             from_create_at = int(q.get("fromCreateAt") or 0)
         except ValueError:
-            raise ApiError(400, "api.context.invalid_url_param.app_error", "Invalid or missing parameter in request URL.") from None
+            raise ApiError(400, "api.context.invalid_url_param.app_error", _BAD_URL_PARAM) from None
         from_post, direction = q.get("fromPost", ""), q.get("direction", "")
         if direction not in ("", "up", "down") or per_page < 0:
-            raise ApiError(400, "api.context.invalid_url_param.app_error", "Invalid or missing parameter in request URL.")
+            raise ApiError(400, "api.context.invalid_url_param.app_error", _BAD_URL_PARAM)
         return _json_response(self._thread_page(requested, per_page, from_post, from_create_at, direction))
 
     def _thread_page(self, requested: dict, per_page: int, from_post: str, from_create_at: int,

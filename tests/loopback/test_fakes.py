@@ -231,6 +231,75 @@ async def test_create_at_comes_from_the_clock_and_strictly_increases():
     assert second["create_at"] == first["create_at"] + 1
 
 
+async def test_a_pending_post_id_is_deduplicated_for_30_seconds_then_forgotten():
+    now = [500.0]
+    fake = FakeMattermost(dedupe_clock=lambda: now[0])
+    await fake.start()
+    driver = AsyncTypedDriver({"url": fake.host, "scheme": "http", "port": fake.port, "token": fake.bot_token,
+                               "request_timeout": 5, "max_retries": 0})
+    try:
+        await driver.login()
+        channel = fake.add_channel("town", members=(fake.bot,))
+        body = {"channel_id": channel["id"], "message": "answer", "pending_post_id": "bot:turn-1"}
+        first = await driver.client.post("/api/v4/posts", options=body)
+        now[0] += 29.9
+        again = await driver.client.post("/api/v4/posts", options={**body, "message": "answer, second try"})
+        assert again["id"] == first["id"] and again["message"] == "answer"  # the server's answer: the first post
+        now[0] += 0.1  # 30 s after the post was saved: the server's cache has let the id go
+        late = await driver.client.post("/api/v4/posts", options={**body, "message": "answer, late try"})
+        assert late["id"] != first["id"]
+        assert [p["message"] for p in fake.posts_by(fake.bot)] == ["answer", "answer, late try"]
+        assert fake.pending_post_ids == {"bot:turn-1": late["id"]}  # remembered anew from the late create
+    finally:
+        await driver.close()
+        await fake.stop()
+
+
+# ---------------------------------------------------------------------------- reactions
+async def test_a_reaction_is_stored_answered_with_200_and_broadcast(bot, mm, world, ws_frames):
+    alice, _, town = world
+    post = await mm.post_as(alice, town, "nice")
+    body = {"user_id": mm.bot["id"], "post_id": post["id"], "emoji_name": "white_check_mark"}
+    response = await bot.client.make_request("post", "/api/v4/reactions", options=body)
+    assert response.status_code == 200  # saveReaction writes no 201, whatever the API spec says
+    reaction = response.json()
+    assert {k: reaction[k] for k in body} == body and reaction["channel_id"] == town["id"]
+    assert mm.reactions == [reaction]
+    assert mm.posts[post["id"]]["has_reactions"] is True and mm.posts[post["id"]]["update_at"] == reaction["create_at"]
+    await mm.wait_for(lambda: events(ws_frames, "reaction_added"))
+    assert json.loads(events(ws_frames, "reaction_added")[0]["data"]["reaction"]) == reaction
+    await bot.reactions.save_reaction(options=body)  # the same reaction again: one row, as the store upserts
+    assert len(mm.reactions) == 1
+
+
+@pytest.mark.parametrize(("name", "status", "error_id"), [
+    ("", 400, "api.reaction.save_reaction.invalid.app_error"),
+    ("x" * 65, 400, "api.reaction.save_reaction.invalid.app_error"),
+    ("thumbs up!", 404, "app.emoji.get_by_name.no_result"),  # no emoji has that name: the lookup fails
+])
+async def test_an_impossible_emoji_name_is_refused(bot, mm, world, name, status, error_id):
+    alice, _, town = world
+    post = await mm.post_as(alice, town, "nice")
+    response = await bot.client.client.post(
+        f"{mm.url}/api/v4/reactions", headers=bot.client.auth_header(),
+        json={"user_id": mm.bot["id"], "post_id": post["id"], "emoji_name": name})
+    assert (response.status_code, response.json()["id"]) == (status, error_id)
+    assert mm.reactions == []
+
+
+async def test_reacting_outside_ones_channels_or_for_someone_else_is_forbidden(bot, mm, world):
+    alice, bob, town = world
+    elsewhere = mm.add_channel("elsewhere", members=(alice, bob))
+    post = await mm.post_as(alice, elsewhere, "not for bots")
+    with pytest.raises(NotEnoughPermissions):
+        await bot.reactions.save_reaction(options={"user_id": mm.bot["id"], "post_id": post["id"], "emoji_name": "eyes"})
+    mine = await mm.post_as(alice, town, "in town")
+    with pytest.raises(NotEnoughPermissions) as exc:
+        await bot.reactions.save_reaction(options={"user_id": alice["id"], "post_id": mine["id"], "emoji_name": "eyes"})
+    assert exc.value.error_id == "api.reaction.save_reaction.user_id.app_error"
+    assert mm.reactions == []
+
+
 # ------------------------------------------------------------------------------ thread
 async def make_thread(mm, alice, town, replies):
     root = await mm.post_as(alice, town, "root")
@@ -270,7 +339,7 @@ async def test_paging_down_walks_the_whole_thread_exactly_once_in_order(bot, mm,
             break
         from_post = new[-1]
         from_create_at = page["posts"][from_post]["create_at"]
-    assert [root["id"]] + seen == [p["id"] for p in mm.thread(root["id"])]
+    assert [root["id"], *seen] == [p["id"] for p in mm.thread(root["id"])]
     assert pages == 4  # the root eats a row of the first page: 1 + 2 + 2 + 2
 
 
@@ -472,7 +541,7 @@ async def test_malformed_frames_do_not_break_the_socket_and_typing_is_recorded(m
             await ws.send_str(junk)
         await ws.send_bytes(b"\x00\x01")
         await ws.send_json({"action": "user_typing", "seq": 7, "data": {"channel_id": town["id"], "parent_id": ""}})
-        replies = []
+        replies: list[dict] = []
         while not any(r.get("seq_reply") == 7 for r in replies):
             replies.append(json.loads((await ws.receive(timeout=2)).data))
         assert {"status": "OK", "seq_reply": 7} in replies
