@@ -31,7 +31,7 @@ if not os.environ.get("TIKTOKEN_CACHE_DIR"):
 from llmbot.app import Bot  # noqa: E402
 from llmbot.logs import configure_logging  # noqa: E402
 from llmbot.settings import Settings  # noqa: E402
-from llmbot.conversations import ConversationStore  # noqa: E402
+from llmbot.store import Store  # noqa: E402
 from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
 from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
 from tests.fakes import bot_for  # noqa: E402
@@ -74,7 +74,7 @@ async def running_bot(
     *,
     humans: Sequence[str] = ("alice", "bob", "carol", "dave", "erin"),
     edit_interval: float = 1.0,
-    store: ConversationStore | None = None,
+    store: Store | None = None,
     **env_overrides: str,
 ) -> AsyncIterator[Bench]:
     """Fakes on 127.0.0.1:0, the real Bot (driver + OpenAI SDK, no LLM retries) connected to them."""

@@ -18,7 +18,7 @@ import tracemalloc
 from collections import Counter
 
 from _harness import Row, report, run
-from llmbot.conversations import MemoryStore
+from llmbot.store import MemoryStore
 from cachetools import TTLCache
 
 THREADS = 100_000

@@ -11,7 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .thread import KIND_ANSWER, STATUS_LINE, Post, Thread
+from .record import KIND_ANSWER, STATUS_LINE, kind_of
+from .thread import Post, Thread
 from .tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, Tokenizer
 from .triggers import strip_call
 
@@ -52,7 +53,7 @@ def post_turn(post: Post, me: Speaker, names: Mapping[str, str]) -> ChatMessage 
     if post.delete_at or post.is_system:
         return None
     if post.user_id == me.user_id:
-        if post.llmbot_kind not in (None, KIND_ANSWER) or not post.message:
+        if kind_of(post) not in (None, KIND_ANSWER) or not post.message:
             return None  # notices, usage hints and goodbyes are not part of the conversation
         return ChatMessage("assistant", post.message.split(STATUS_LINE, 1)[0])
     if post.from_bot or post.from_webhook or not post.user_id:

@@ -1,4 +1,4 @@
-"""Who may talk to the bot, and how much. Pure: no I/O, time is an injected clock.
+"""Who may talk to the bot: the allow and deny lists. Pure.
 
 `AccessPolicy.refuses` runs for posts on the hot path, so it does a few set lookups and
 returns fixed reason strings (nothing user-written, so they are safe to log).
@@ -17,17 +17,8 @@ Events carry only team ids: while a team's name is not learned, a post there is 
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable, Hashable
-
-from cachetools import TTLCache
-
-from .settings import Settings
 from .events import Posted
-from .thread import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, Thread
-
-WINDOW = 60.0  # seconds of StartLimiter's sliding window
+from .settings import Settings
 
 # Reasons `refuses` returns; constants, so callers and tests can compare them.
 DMS_OFF = "direct messages are off"
@@ -119,11 +110,10 @@ class AccessPolicy:
         direct = event.channel_type == "D"
         if direct and not self._dms:
             return DMS_OFF
+        user = self.user_refusal(event.post.user_id, event.sender_name)
+        if user is not None:
+            return user
         post = event.post
-        if self._users.active:
-            verdict = self._users.verdict(post.user_id.casefold(), event.sender_name.casefold())
-            if verdict is not True:
-                return USER_DENIED if verdict is False else USER_NOT_ALLOWED
         if direct:
             return None
         if self._channels.active:
@@ -133,6 +123,16 @@ class AccessPolicy:
         if self._teams.active and event.channel_type != "G":
             return self._team_refuses(event.team_id.casefold())
         return None
+
+    def user_refusal(self, user_id: str, username: str) -> str | None:
+        """Why the user lists refuse this person, or None: for any post of a thread, whose
+        channel the thread's first post already passed."""
+        if not self._users.active:
+            return None
+        verdict = self._users.verdict(user_id.casefold(), username.casefold())
+        if verdict is True:
+            return None
+        return USER_DENIED if verdict is False else USER_NOT_ALLOWED
 
     def _team_refuses(self, team_id: str) -> str | None:
         name = self._team_names.get(team_id)
@@ -153,96 +153,3 @@ class AccessPolicy:
 def _fold_all(names: frozenset[str]) -> frozenset[str]:
     # Settings already casefolds and strips; doing it again keeps hand-built policies honest.
     return frozenset(n.lstrip("@~").casefold() for n in names if n.lstrip("@~"))
-
-
-class StartLimiter:
-    """At most `per_minute` conversation starts per user in any sliding 60 s window; 0 = unlimited.
-
-    Only allowed starts count, so a user who keeps trying is let in again as soon as the
-    oldest start leaves the window. Users beyond `maxsize` evict the least recently used,
-    which forgets (and so forgives) their starts: keep `maxsize` above the users active
-    in a minute.
-    """
-
-    __slots__ = ("per_minute", "_clock", "_starts")
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic, maxsize: int = 100_000) -> None:
-        if per_minute < 0:
-            raise ValueError(f"per_minute must be 0 (unlimited) or more, not {per_minute}")
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
-        self.per_minute = per_minute
-        self._clock = clock
-        # An entry lives WINDOW seconds after its user's newest start, when all its times are stale.
-        self._starts: TTLCache[str, deque[float]] = TTLCache(maxsize=maxsize, ttl=WINDOW, timer=clock)
-
-    def __len__(self) -> int:
-        """Users currently remembered (for tests and metrics)."""
-        return len(self._starts)
-
-    def allow(self, user_id: str) -> bool:
-        """Record a start for `user_id` and return True, or return False if over the limit."""
-        if self.per_minute == 0:
-            return True
-        now = self._clock()
-        starts = self._starts.get(user_id)
-        if starts is None:
-            starts = deque(maxlen=self.per_minute)
-        while starts and starts[0] <= now - WINDOW:
-            starts.popleft()
-        if len(starts) >= self.per_minute:
-            return False
-        starts.append(now)
-        self._starts[user_id] = starts  # re-setting restarts the entry's TTL
-        return True
-
-
-class OncePer:
-    """`first(key)` is True once per `seconds` window per key: tell a user about a limit once, not per message.
-
-    The window starts when the key is first seen and is not extended by repeats.
-    """
-
-    __slots__ = ("_seen",)
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, maxsize: int = 100_000) -> None:
-        if not seconds > 0:
-            raise ValueError(f"seconds must be more than 0, not {seconds}")
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, not {maxsize}")
-        self._seen: TTLCache[Hashable, bool] = TTLCache(maxsize=maxsize, ttl=seconds, timer=clock)
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def first(self, key: Hashable) -> bool:
-        if key in self._seen:
-            return False
-        self._seen[key] = True
-        return True
-
-
-_TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)  # None: an answer written before posts were marked
-
-
-def turns_in_conversation(thread: Thread, me_id: str) -> int:
-    """How many turns the bot has taken in the conversation running in `thread`.
-
-    A turn is one human post the bot answered (or failed to answer: a notice used a turn too),
-    so the pages of one answer, and an answer plus the notice that cut it short, count once.
-    Only posts after the bot's newest goodbye (KIND_END) count: a conversation started anew
-    in the same thread starts from 0.
-    """
-    answered: set[str] = set()
-    last_other = ""  # the newest post not by the bot: what an unmarked answer answers
-    for post in thread.posts:
-        if post.user_id != me_id:
-            last_other = post.id
-            continue
-        kind = post.llmbot_kind
-        if kind == KIND_END:
-            answered.clear()
-        elif kind in _TURN_KINDS:
-            marker = post.props.get(PROP_ANSWERS)
-            answered.add(marker if isinstance(marker, str) and marker else last_other or post.id)
-    return len(answered)

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .context import ChatMessage
+from .router import Identity
 from .thread import Post, Thread
 
 
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel the bot is a member of, as the catch-up needs it."""
+
+    id: str
+    type: str
+    name: str
+    display_name: str
+    team_id: str
+    last_post_at: int
+
+
 class ChatAPI(Protocol):
+    """Mattermost, in the bot's terms (adapter: mattermost.MattermostChat)."""
+
+    async def login(self) -> Identity: ...
+
+    async def listen(self, on_frame: Callable[[str], Awaitable[None]]) -> None: ...
+
+    async def close(self) -> None: ...
+
     async def get_thread(self, root_id: str) -> Thread: ...
 
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]: ...
@@ -24,6 +46,18 @@ class ChatAPI(Protocol):
 
     async def send_typing(self, channel_id: str, parent_id: str) -> None: ...
 
+    async def channels(self) -> list[Channel]: ...
+
+    async def posts_since(self, channel_id: str, since_ms: int) -> tuple[list[Post], bool]: ...
+
+    async def teams(self) -> dict[str, str]: ...
+
 
 class LLMClient(Protocol):
-    def stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncGenerator[str, None]: ...
+    """A chat model that streams (adapter: llm.OpenAIChat)."""
+
+    def stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, *, near_limit: bool = False
+    ) -> AsyncGenerator[str, None]: ...
+
+    async def close(self) -> None: ...

@@ -8,21 +8,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-# Keys of the props llmbot writes on its own posts: the thread records the conversation.
-PROP_HANDLER = "llmbot_handler"  # which handler wrote this post
-PROP_KIND = "llmbot_kind"  # answer | notice | end | usage | refusal
-PROP_ANSWERS = "llmbot_answers"  # id of the newest human post this answer took into account
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-KIND_ANSWER = "answer"
-KIND_NOTICE = "notice"
-KIND_END = "end"
-KIND_USAGE = "usage"
-KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
-# How the bot appends a status to an answer it could not finish ("\n\n_⚠️ ..._"); the context
-# builder drops it, as it drops notices.
-STATUS_LINE = "\n\n_⚠️ "
 
 
 class Post(NamedTuple):
@@ -67,11 +53,6 @@ class Post(NamedTuple):
         """Written by a person: not a bot, a webhook or the system (the bot's own posts are
         from_bot too)."""
         return bool(self.user_id) and not (self.from_bot or self.from_webhook or self.is_system)
-
-    @property
-    def llmbot_kind(self) -> str | None:
-        kind = self.props.get(PROP_KIND)
-        return kind if isinstance(kind, str) else None
 
 
 def _truthy(value: Any) -> bool:

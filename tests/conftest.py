@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from llmbot.app import Bot
-from llmbot.conversations import MemoryStore
+from llmbot.store import MemoryStore
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
 from tests.fakes import FakeClock, bot_for, settings_for
@@ -86,8 +86,7 @@ class Running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks.clear()
-        await self.bot.chat.close()
-        await self.bot.llm.close()
+        await self.bot.close()
         await self.mm.wait_for(lambda: self.mm.ws_clients == 0, timeout=5)
 
     def replies(self, root_id: str) -> list[dict]:
@@ -117,7 +116,6 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
         settings = make_settings(mm, llm_server, **overrides)
         store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock)
         bot = bot_for(settings, store=store, edit_interval=edit_interval)
-        bot.retry_base = 0.02  # Mattermost retries back off for real: keep the tests quick
         await bot.start()
         run = Running(bot, mm, llm_server, clock)
         running.append(run)
@@ -137,5 +135,4 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await run.bot.idle()
-        await run.bot.chat.close()
-        await run.bot.llm.close()
+        await run.bot.close()

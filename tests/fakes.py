@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from llmbot.app import Bot
 from llmbot.settings import Settings, load_settings
-from llmbot.conversations import ConversationStore
+from llmbot.store import Store
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat
 from llmbot.prompts import load_system_prompt
@@ -41,7 +41,9 @@ def settings_for(mm: FakeMattermost, llm: FakeOpenAI, **overrides: str) -> Setti
     return load_settings(env)
 
 
-def bot_for(settings: Settings, *, store: ConversationStore | None = None, edit_interval: float = 1.0) -> Bot:
+def bot_for(
+    settings: Settings, *, store: Store | None = None, edit_interval: float = 1.0, retry_base: float = 0.02, **kwargs: object
+) -> Bot:
     """The real Bot with the real adapters (no LLM retries, so faults show at once)."""
     return Bot(
         settings,
@@ -50,4 +52,6 @@ def bot_for(settings: Settings, *, store: ConversationStore | None = None, edit_
         load_system_prompt(settings.system_prompt_file),
         store=store,
         edit_interval=edit_interval,
+        retry_base=retry_base,  # Mattermost retries back off for real: keep the tests quick
+        **kwargs,  # type: ignore[arg-type]
     )

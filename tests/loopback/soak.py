@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from llmbot.app import Bot
-from llmbot.conversations import MemoryStore
+from llmbot.store import MemoryStore
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat
 from llmbot.prompts import load_system_prompt
-from llmbot.thread import KIND_ANSWER, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
+from llmbot.record import KIND_ANSWER, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
 from tests.fakes import settings_for
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
@@ -72,7 +72,7 @@ async def _short_sleep(seconds: float) -> None:
 
 def _new_bot(mm: FakeMattermost, llm_server: FakeOpenAI) -> Bot:
     settings = settings_for(mm, llm_server, LLMBOT_LLM_RETRIES="3", LLMBOT_LLM_IDLE_TIMEOUT="5")
-    chat = MattermostChat(settings, max_retries=3, reconnect_base=0.05, reconnect_cap=0.5)
+    chat = MattermostChat(settings, reconnect_base=0.05, reconnect_cap=0.5)
     llm = OpenAIChat(settings, sleep=_short_sleep)
     return Bot(settings, chat, llm, load_system_prompt(None), store=MemoryStore(settings.conversation_ttl),
                retry_base=0.05, shutdown_grace=1.0)
@@ -88,6 +88,7 @@ async def run_soak(
     drop_every: float,
     restart_every: float = 0.0,
     turn_timeout: float = 40.0,
+    pause: float = 0.4,
     seed: int = 11,
 ) -> SoakReport:
     report = SoakReport()
@@ -95,7 +96,7 @@ async def run_soak(
     channel = mm.add_channel("soak", members=(mm.bot, *users))
     llm_server.responder = lambda body: ["Answer", " number ", str(len(body["messages"]))]
     counter = _CountCatchUps()
-    app_log = logging.getLogger("llmbot.app")
+    app_log = logging.getLogger("llmbot.dispatcher")
     app_log.addHandler(counter)
     old_level, old_propagate = app_log.level, app_log.propagate
     app_log.setLevel(logging.INFO)
@@ -116,8 +117,7 @@ async def run_soak(
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await listener
-        await bot.chat.close()
-        await bot.llm.close()
+        await bot.close()
 
     running = [await start_bot()]
     await mm.wait_for(lambda: mm.ws_clients == 1)
@@ -156,6 +156,7 @@ async def run_soak(
         user = users[i]
         root = await turn(user, f"gpt question {i}")
         for n in range(1, turns):
+            await asyncio.sleep(pause)  # people read the answer first: the run spans several drops and restarts
             await turn(user, f"follow-up {n} of {i}", root["id"])
 
     background = [asyncio.create_task(drop_sockets())]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 from llmbot.logs import RedactSecrets
-from llmbot.thread import KIND_REFUSAL, PROP_KIND
+from llmbot.record import KIND_REFUSAL, PROP_KIND
 
 
 class TestAccessLists:
@@ -69,17 +70,33 @@ class TestPerUserLimits:
         assert await run.bot.store.get(third["id"]) is None  # a refusal binds nothing
         # (the window sliding open again is unit-tested with a fake clock: test_policy.py)
 
-    async def test_open_conversations_per_user_are_limited_until_one_ends(self, start_bot, world, mm, llm_server):
-        run = await start_bot(LLMBOT_MAX_CONVERSATIONS_PER_USER="1")
+    async def test_over_the_open_conversation_cap_the_least_recent_one_ends_quietly(self, start_bot, world, mm, llm_server):
+        run = await start_bot(LLMBOT_MAX_CONVERSATIONS_PER_USER="2")
         first = await mm.post_as(world.alice, world.town, "gpt one")
         await run.wait_replies(first["id"], 1)
         second = await mm.post_as(world.alice, world.town, "gpt two")
-        (refusal,) = await run.wait_replies(second["id"], 1)
-        assert refusal["props"][PROP_KIND] == KIND_REFUSAL and "1 conversation open" in refusal["message"]
-        await mm.post_as(world.alice, world.town, "bye", root_id=first["id"])
+        await run.wait_replies(second["id"], 1)
+        await mm.post_as(world.alice, world.town, "still there?", root_id=first["id"])  # `first` is now the most recent
         await run.wait_replies(first["id"], 2)
         third = await mm.post_as(world.alice, world.town, "gpt three")
-        assert (await run.wait_replies(third["id"], 1))[0]["props"][PROP_KIND] == "answer"
+        assert (await run.wait_replies(third["id"], 1))[0]["props"][PROP_KIND] == "answer"  # opened, not refused
+        assert await run.bot.store.get(second["id"]) is None  # the least recently active one ended...
+        assert await run.bot.store.get(first["id"]) is not None
+        assert len(run.replies(second["id"])) == 1  # ...quietly: no post about it
+        await mm.post_as(world.alice, world.town, "and now?", root_id=second["id"])
+        await run.settle(world.town, world.bob)
+        assert len(run.replies(second["id"])) == 1
+
+    async def test_fifteen_questions_in_a_few_minutes_get_fifteen_answers_with_default_limits(self, start_bot, world, mm, llm_server, clock):
+        run = await start_bot()
+        answered, offset = 0, [0.0]
+        mm.clock = lambda: time.time() + offset[0]
+        for i in range(15):
+            post = await mm.post_as(world.alice, world.dm, f"question {i}")
+            answered += len(await run.wait_replies(post["id"], 1))
+            offset[0] += 12  # a question every 12 s: 15 in 3 minutes
+        assert answered == 15
+        assert all(p["props"][PROP_KIND] == "answer" for p in mm.posts_by(run.me))
 
 
 class TestSecrets:

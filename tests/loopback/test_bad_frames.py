@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from llmbot.thread import KIND_ANSWER, KIND_NOTICE, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
+from llmbot.record import KIND_ANSWER, KIND_NOTICE, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
 from llmbot.tokens import REPLY_PRIMING
 
 ONE_MB = 1_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from llmbot.retry import ATTEMPTS
-from llmbot.thread import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
+from llmbot.record import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
 from tests.loopback.conftest import user_turns
 
 
@@ -362,8 +362,11 @@ class EchoHandler:
         self.spec = HandlerSpec("echo", (re.compile(r"^echo\b", re.IGNORECASE),), conversational=False)
         self.chat = chat
 
-    async def handle(self, decision, turn) -> None:
-        await self.chat.create_post(turn.channel_id, "echo: " + turn.post.message[5:], turn.thread_id, {"llmbot_handler": "echo"})
+    def call_word(self) -> str:
+        return "echo"
+
+    async def handle(self, turn) -> None:
+        await turn.reply.post("echo: " + turn.post.message[5:], "answer")
 
 
 class TestHandlersAreGeneric:

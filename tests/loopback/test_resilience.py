@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llmbot.errors import ChatAuthError
-from llmbot.thread import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
+from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
 from tests.loopback.conftest import user_turns
 
 

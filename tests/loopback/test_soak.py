@@ -6,7 +6,7 @@ its answer, or one clear notice. `pytest -s` prints the figures.
 
 from __future__ import annotations
 
-from llmbot.thread import KIND_ANSWER, KIND_NOTICE
+from llmbot.record import KIND_ANSWER, KIND_NOTICE
 from tests.loopback.soak import run_soak
 
 

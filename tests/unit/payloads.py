@@ -11,7 +11,8 @@ import itertools
 import json
 from typing import Any
 
-from llmbot.thread import KIND_ANSWER, PROP_ANSWERS, PROP_HANDLER, PROP_KIND, Post, post_from_json
+from llmbot.record import KIND_ANSWER, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
+from llmbot.thread import Post, post_from_json
 
 # Mattermost ids are 26 lowercase alphanumerics.
 BOT_ID = "b0tb0tb0tb0tb0tb0tb0tb0tb0"

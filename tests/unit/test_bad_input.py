@@ -24,19 +24,10 @@ from hypothesis import strategies as st
 
 from llmbot.context import ChatMessage, Speaker, build_messages, chat_name
 from llmbot.events import Hello, Ignored, Posted, parse_frame
-from llmbot.handler import already_answered, newest_human_post
+from llmbot.record import already_answered, newest_human_post, kind_of
 from llmbot.router import Continue, End, HandlerSpec, Identity, Ignore, Start, Usage, route
-from llmbot.thread import (
-    KIND_ANSWER,
-    KIND_END,
-    KIND_NOTICE,
-    KIND_USAGE,
-    PROP_ANSWERS,
-    PROP_HANDLER,
-    PROP_KIND,
-    Thread,
-    thread_from_posts,
-)
+from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, KIND_USAGE, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
+from llmbot.thread import Thread, thread_from_posts
 from llmbot.tokens import REPLY_PRIMING, Tokenizer
 from llmbot.triggers import mention_pattern
 
@@ -182,12 +173,12 @@ def assert_well_typed(event: Posted) -> None:
     assert isinstance(post.channel_id, str) and post.channel_id
     for value in (post.user_id, post.root_id, post.message, post.type):
         assert isinstance(value, str)
-    for value in (post.create_at, post.delete_at, post.edit_at, post.file_count):
-        assert type(value) is int
+    for number in (post.create_at, post.delete_at, post.edit_at, post.file_count):
+        assert type(number) is int
     assert post.file_count >= 0
     assert isinstance(post.props, Mapping)
     assert isinstance(post.from_bot, bool) and isinstance(post.from_webhook, bool)
-    assert post.llmbot_kind is None or isinstance(post.llmbot_kind, str)
+    assert kind_of(post) is None or isinstance(kind_of(post), str)
     for value in (event.channel_type, event.channel_name, event.channel_display_name, event.sender_name, event.team_id):
         assert isinstance(value, str)
 
@@ -258,8 +249,8 @@ class TestParseFrameNeverRaises:
             assert getattr(event.post, field) == (value if isinstance(value, str) else "")
         for field in ("create_at", "delete_at", "edit_at"):
             value = post.get(field)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            assert getattr(event.post, field) == (int(value) if number else 0)
+            expected = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+            assert getattr(event.post, field) == expected
         files = post.get("file_ids")
         assert event.post.file_count == (len(files) if isinstance(files, list) else 0)
         props = post.get("props")
@@ -270,7 +261,7 @@ class TestParseFrameNeverRaises:
         st.one_of(
             json_values,
             st.binary(max_size=20).map(bytearray),
-            st.binary(max_size=20).map(memoryview),
+            st.binary(max_size=20).map(lambda data: memoryview(data)),
             st.lists(st.text(max_size=5), max_size=3).map(tuple),
             st.sets(st.integers(), max_size=3),
         )
@@ -317,7 +308,10 @@ class TestParseFrameNeverRaises:
         assert isinstance(event, Ignored) and event.malformed, event
 
     def test_an_escaped_surrogate_pair_is_a_character(self) -> None:
-        raw = '{"event":"posted","data":{"post":"{\\"id\\":\\"p1\\",\\"channel_id\\":\\"c1\\",\\"message\\":\\"\\\\ud83d\\\\ude00\\"}"}}'
+        raw = (
+            '{"event":"posted","data":{"post":"{\\"id\\":\\"p1\\",\\"channel_id\\":\\"c1\\",'
+            '\\"message\\":\\"\\\\ud83d\\\\ude00\\"}"}}'
+        )
         event = parse_frame(raw)
         assert isinstance(event, Posted) and event.post.message == "😀"
 

@@ -18,7 +18,8 @@ from llmbot.context import (
     participants,
     thread_turns,
 )
-from llmbot.thread import KIND_END, KIND_NOTICE, KIND_USAGE, Post, Thread, thread_from_posts
+from llmbot.record import KIND_END, KIND_NOTICE, KIND_USAGE
+from llmbot.thread import Post, Thread, thread_from_posts
 from llmbot.tokens import REPLY_PRIMING, Tokenizer
 from llmbot.triggers import mention_pattern
 

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmbot.record import kind_of
 from llmbot.events import Hello, Ignored, Posted, parse_frame
 
 from . import payloads as p
@@ -64,7 +65,7 @@ class TestPosted:
         event = parse_frame(p.bots_own_reply("r" * 26))
         assert isinstance(event, Posted)
         assert event.post.from_bot
-        assert event.post.llmbot_kind == "answer"
+        assert kind_of(event.post) == "answer"
 
     def test_a_system_post_is_still_decoded(self) -> None:
         event = parse_frame(p.join_in_thread("r" * 26))

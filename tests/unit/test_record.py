@@ -1,4 +1,4 @@
-"""recovery: live conversations and unanswered posts rebuilt from the thread alone (pure)."""
+"""record: live conversations, unanswered posts and turns rebuilt from the thread alone (pure)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,11 @@ from types import MappingProxyType
 
 import pytest
 
-from llmbot.conversations import MemoryStore
+from llmbot.store import MemoryStore
 from llmbot.mattermost import reconnect_delay
-from llmbot.recovery import conversation_state, threads_of, waiting_posts
-from llmbot.thread import (
-    KIND_ANSWER,
-    KIND_END,
-    KIND_NOTICE,
-    KIND_REFUSAL,
-    KIND_USAGE,
-    PROP_ANSWERS,
-    PROP_HANDLER,
-    PROP_KIND,
-    Post,
-    Thread,
-)
+from llmbot.record import conversation_state, threads_of, turns_in_conversation, waiting_posts
+from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, KIND_REFUSAL, KIND_USAGE, PROP_ANSWERS, PROP_CONVERSATION, PROP_HANDLER, PROP_KIND
+from llmbot.thread import Post, Thread
 from tests.fakes import FakeClock
 
 ME, ALICE, BOB, OTHER_BOT = "me", "alice", "bob", "otherbot"
@@ -113,7 +103,7 @@ class TestRebuiltBindings:
     async def test_a_binding_rebuilt_idle_expires_ttl_after_its_last_activity(self) -> None:
         clock = FakeClock()
         store = MemoryStore(ttl=60, timer=clock)
-        await store.bind(ROOT, "gpt", ALICE, idle=50)
+        await store.bind(ROOT, "gpt", ALICE, ROOT, idle=50)
         clock.advance(9)
         assert await store.get(ROOT) is not None
         clock.advance(2)
@@ -122,7 +112,7 @@ class TestRebuiltBindings:
     async def test_touching_a_rebuilt_binding_gives_it_a_full_ttl(self) -> None:
         clock = FakeClock()
         store = MemoryStore(ttl=60, timer=clock)
-        await store.bind(ROOT, "gpt", ALICE, idle=50)
+        await store.bind(ROOT, "gpt", ALICE, ROOT, idle=50)
         await store.touch(ROOT)
         clock.advance(59)
         assert await store.get(ROOT) is not None
@@ -133,3 +123,54 @@ class TestBackoff:
     def test_reconnect_delay_doubles_with_jitter_up_to_the_cap(self, attempt: int, low: float, high: float) -> None:
         assert reconnect_delay(attempt, 1.0, 60.0, lambda: 0.0) == low
         assert reconnect_delay(attempt, 1.0, 60.0, lambda: 1.0) == high
+
+
+def conv_answer(post_id: str, at: int, answers: str, conversation: str, kind: str = KIND_ANSWER) -> Post:
+    props = {PROP_HANDLER: "gpt", PROP_KIND: kind, PROP_ANSWERS: answers, PROP_CONVERSATION: conversation, "from_bot": "true"}
+    return Post(post_id, "chan", ME, ROOT, "answer", at, props=MappingProxyType(props))
+
+
+class TestTurns:
+    def test_each_answered_human_post_of_the_conversation_is_a_turn(self) -> None:
+        t = thread(human(ROOT, 1), conv_answer("a1", 2, ROOT, ROOT), human("h2", 3), conv_answer("a2", 4, "h2", ROOT))
+        assert turns_in_conversation(t, ME, ROOT) == 2
+
+    def test_pages_and_a_notice_that_cut_an_answer_short_count_once(self) -> None:
+        t = thread(
+            human(ROOT, 1), conv_answer("p1", 2, ROOT, ROOT), conv_answer("p2", 3, ROOT, ROOT),
+            conv_answer("n", 4, ROOT, ROOT, KIND_NOTICE),
+        )
+        assert turns_in_conversation(t, ME, ROOT) == 1
+
+    def test_hints_goodbyes_and_refusals_are_not_turns(self) -> None:
+        t = thread(
+            human(ROOT, 1), conv_answer("u", 2, ROOT, ROOT, KIND_USAGE), conv_answer("r", 3, ROOT, ROOT, KIND_REFUSAL),
+            conv_answer("e", 4, ROOT, ROOT, KIND_END),
+        )
+        assert turns_in_conversation(t, ME, ROOT) == 0
+
+    def test_a_new_call_starts_at_zero_whatever_the_bot_posted_before(self) -> None:
+        # an old conversation that expired without a goodbye, and answers written before posts were marked
+        unmarked = Post("old", "chan", ME, ROOT, "an old answer", 2, props=MappingProxyType({"from_bot": "true"}))
+        t = thread(
+            human(ROOT, 1), unmarked, conv_answer("a1", 3, ROOT, ROOT), human("h2", 4), conv_answer("a2", 5, "h2", ROOT),
+            human("h3", 6), conv_answer("a3", 7, "h3", "h3"),
+        )
+        assert turns_in_conversation(t, ME, "h3") == 1
+        assert turns_in_conversation(t, ME, "new-call") == 0
+
+    def test_other_authors_with_llmbot_props_are_not_turns(self) -> None:
+        forged = Post("f", "chan", BOB, ROOT, "x", 2, props=MappingProxyType({PROP_KIND: KIND_ANSWER, PROP_CONVERSATION: ROOT}))
+        assert turns_in_conversation(thread(human(ROOT, 1), forged), ME, ROOT) == 0
+
+
+class TestConversationIds:
+    def test_a_recovered_conversation_keeps_its_recorded_id(self) -> None:
+        t = thread(human(ROOT, NOW - 5000), human("h2", NOW - 4500), conv_answer("a", NOW - 4000, "h2", "h2"))
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.conversation == "h2"
+
+    def test_posts_written_before_ids_were_recorded_fall_back_to_the_first_answered_post(self) -> None:
+        t = thread(human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000), mine("a2", NOW - 2000, "h2"))
+        state = conversation_state(t, ME, NOW, TTL)
+        assert state is not None and state.conversation == ROOT

@@ -1,0 +1,210 @@
+"""Websocket frames -> events -> routing, access and limits -> the per-thread scheduler.
+
+Nothing slow runs on the socket reader: `on_frame` parses the frame and puts it on a bounded
+queue; one consumer task takes events in the order the socket delivered them. While a catch-up
+reads what the socket missed, live posts are held back (from the `hello` on, in order) and
+routed after the gap, so the posts of a thread are always taken in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+from .errors import ChatError
+from .events import Hello, Posted, parse_frame
+from .handlers.base import Handler
+from .limits import Limits
+from .policy import AccessPolicy
+from .router import Continue, End, HandlerSpec, Identity, Ignore, Start, route
+from .runner import Job
+from .scheduler import Scheduler
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000  # frames waiting for the consumer; past that the socket reader waits
+MAX_HELD = 10_000  # live posts held during a catch-up; past that they are read again over REST
+TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failure
+
+
+class _Release:
+    """Queue marker: the catch-up pass is over, route what was held."""
+
+
+RELEASE: Final = _Release()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        me: Identity,
+        store: Store,
+        scheduler: Scheduler[Job],
+        handlers: Mapping[str, Handler],
+        policy: AccessPolicy,
+        limits: Limits,
+        end_words: tuple[str, ...],
+        remember_name: Callable[[str, str], None],
+        teams: Callable[[], Awaitable[dict[str, str]]],
+        on_hello: Callable[[int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.scheduler = scheduler
+        self.handlers = handlers
+        self.policy = policy
+        self.limits = limits
+        self.end_words = end_words
+        self._remember_name = remember_name
+        self._teams = teams
+        self._on_hello = on_hello
+        self._clock = clock
+        self._specs: tuple[HandlerSpec, ...] = ()
+        self._queue: asyncio.Queue[Posted | Hello | _Release] = asyncio.Queue(QUEUE_SIZE)
+        self._consumer: asyncio.Task[None] | None = None
+        self.accepting = True
+        self.live_ms = 0  # newest create_at of any post the websocket delivered
+        self._holding = False
+        self._held: list[Posted] = []
+        self.overflow_ms: int | None = None  # oldest post dropped while holding: read again over REST
+        self._teams_asked: dict[str, float] = {}  # team id -> when its name was last looked up
+
+    def handlers_changed(self) -> None:
+        self._specs = tuple(h.spec for h in self.handlers.values())
+
+    def start(self) -> None:
+        self.handlers_changed()
+        if self._consumer is None:
+            self._consumer = asyncio.create_task(self._consume())
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+            self._consumer = None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def idle(self) -> None:
+        """Wait until every frame received so far was taken (tests and shutdown use it)."""
+        await self._queue.join()
+
+    # ------------------------------------------------------------------ the socket side
+    async def on_frame(self, raw: str) -> None:
+        """Everything the websocket delivers comes here: parsed and queued, nothing slower."""
+        event = parse_frame(raw)
+        if isinstance(event, (Posted, Hello)):
+            await self._queue.put(event)
+        elif event.malformed:
+            log.warning("websocket frame skipped: %s (%d chars)", event.reason, len(raw))
+
+    def release(self) -> None:
+        """Called by the catch-up after a pass: route the held posts, in order, behind what is queued."""
+        self._queue.put_nowait(RELEASE)  # unbounded in practice: one marker per pass
+
+    def hold(self) -> None:
+        self._holding = True
+
+    # ------------------------------------------------------------------ the consumer
+    async def _consume(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if isinstance(item, Hello):
+                    log.info("websocket connected (%s)", item.connection_id)
+                    if self.accepting:
+                        self._holding = True  # from here on, posts wait for the gap to be read
+                        self._on_hello(self.live_ms)
+                elif isinstance(item, _Release):
+                    await self._release()
+                else:
+                    await self._live(item)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the bot
+                log.exception("event skipped after an unexpected error")
+            finally:
+                self._queue.task_done()
+
+    async def _live(self, event: Posted) -> None:
+        if not self.accepting:
+            return
+        created = event.post.create_at
+        self.live_ms = max(self.live_ms, created)
+        if not self._holding:
+            await self.dispatch(event)
+        elif len(self._held) < MAX_HELD:
+            self._held.append(event)
+        else:  # too many to hold: the next catch-up reads them again, in order
+            self.overflow_ms = created if self.overflow_ms is None else min(self.overflow_ms, created)
+
+    async def _release(self) -> None:
+        self._holding = False
+        held, self._held = self._held, []
+        if not self.accepting:  # stopping: the next start-up's catch-up takes them
+            return
+        for event in held:
+            await self.dispatch(event)
+
+    # ------------------------------------------------------------------ routing
+    async def dispatch(self, event: Posted, *, replayed: bool = False) -> bool:
+        """Route one post and queue what it asks for; True if a turn was queued. Cheap for the
+        posts the bot ignores."""
+        if not self.accepting:
+            return False
+        post = event.post
+        binding = await self.store.get(post.root_id) if post.root_id else None
+        decision = route(event, self.me, binding.handler if binding else None, self._specs, self.end_words)
+        if isinstance(decision, Ignore):
+            return False
+        if not await self.store.claim(post.id):  # seen twice: a replayed event, or a catch-up overlapping the socket
+            return False
+        if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
+            await self.learn_team_names(event.team_id)
+        refusal = None if self.policy.is_open else self.policy.refuses(event)
+        if refusal is not None:
+            log.info("post %s in thread %s not answered: %s", post.id, post.thread_id, refusal)
+            decision = await self.limits.dm_refusal(event, decision)
+        elif isinstance(decision, Start):
+            decision = await self.limits.admit(event, decision)
+        if decision is None:
+            return False
+        self._remember_name(post.user_id, event.sender_name)
+        thread_id = post.thread_id
+        conversation = ""
+        if isinstance(decision, Start):
+            conversation = post.id  # a new call always opens a new conversation
+            if self.handlers[decision.handler].spec.conversational:
+                await self.store.bind(thread_id, decision.handler, post.user_id, conversation)
+        elif isinstance(decision, Continue) and binding is not None:
+            conversation = binding.conversation
+            await self.store.touch(thread_id)
+        elif isinstance(decision, End) and binding is not None:
+            conversation = binding.conversation
+            await self.store.unbind(thread_id)
+        log.info("post %s in thread %s: %s%s", post.id, thread_id, type(decision).__name__.lower(), " (caught up)" if replayed else "")
+        job = Job(decision, event, conversation, replayed)
+        self.scheduler.submit(thread_id, job, coalesces=isinstance(decision, Continue))
+        return True
+
+    async def learn_team_names(self, team_id: str = "") -> None:
+        """Team names for access lists written with names. A team still unknown after a look-up
+        (or a failed look-up) is asked about again only after TEAM_RETRY, not on every post."""
+        now = self._clock()
+        if team_id and now - self._teams_asked.get(team_id, float("-inf")) < TEAM_RETRY:
+            return
+        if team_id:
+            self._teams_asked[team_id] = now
+        try:
+            teams = await self._teams()
+        except ChatError as exc:
+            log.error("cannot read the bot's teams, so team names in the access lists match nothing yet: %s", exc)
+            return
+        for known_id, name in teams.items():
+            self.policy.learn_team(known_id, name)

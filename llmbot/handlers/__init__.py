@@ -1,0 +1,1 @@
+"""Handlers: what answers a turn. Each gets a Turn (handlers/base.py) and writes through its reply writer."""

@@ -1,0 +1,71 @@
+"""What a handler is given for one turn, and what it must offer. Handlers never see the Bot."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import ChatError
+from ..events import Posted
+from ..ports import ChatAPI
+from ..reply import ReplyWriter, TurnAborted
+from ..retry import FINAL
+from ..router import Decision, HandlerSpec
+from ..thread import Post, Thread
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Turn:
+    """One routed post on its way to a handler."""
+
+    decision: Decision
+    event: Posted
+    reply: ReplyWriter
+    conversation: str  # id of the post that opened the conversation ("" outside one)
+    replayed: bool  # came from a catch-up over REST, not live from the websocket
+    chat: ChatAPI
+    # May the bot answer this post's author? (Access lists: their words stay in the context.)
+    answerable: Callable[[Post, Mapping[str, str]], bool]
+
+    @property
+    def post(self) -> Post:
+        return self.event.post
+
+    @property
+    def thread_id(self) -> str:
+        return self.event.post.thread_id
+
+    @property
+    def channel_id(self) -> str:
+        return self.event.post.channel_id
+
+    async def read_thread(self) -> Thread | None:
+        """The thread, read again after passing failures; None (and a notice) when it can't be."""
+        try:
+            return await self.reply.retrying(lambda: self.chat.get_thread(self.thread_id), f"thread {self.thread_id}: reading it")
+        except FINAL as exc:
+            raise TurnAborted(f"thread {self.thread_id} cannot be read: {exc}") from exc
+        except ChatError as exc:
+            await self.reply.notice(
+                "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", f"thread read failed: {exc}"
+            )
+            return None
+
+    async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
+        return await self.chat.usernames(user_ids)
+
+
+class Handler(Protocol):
+    spec: HandlerSpec
+
+    def call_word(self) -> str:
+        """How users call this handler (a trigger word or the bot's @mention), for hints."""
+        ...
+
+    async def handle(self, turn: Turn) -> None:
+        """Answer the turn through turn.reply. Raise ConversationOver to end the conversation."""
+        ...

@@ -1,0 +1,179 @@
+"""The thread is the record: what the bot writes into the props of its posts, and every rule
+that reads it back. Pure.
+
+Each post of the bot carries:
+    llmbot_handler       which handler wrote it
+    llmbot_kind          answer | notice | end | usage | refusal
+    llmbot_answers       the id of the newest human post it took into account
+    llmbot_conversation  the id of the post that opened the conversation it belongs to
+    llmbot_page          for answers, which page of a long answer it is (0, 1, ...)
+
+From those alone the bot rebuilds, after a restart or a socket gap, which conversations are
+live, which human posts still wait for an answer and how many turns a conversation took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .thread import Post, Thread
+
+PROP_HANDLER = "llmbot_handler"
+PROP_KIND = "llmbot_kind"
+PROP_ANSWERS = "llmbot_answers"
+PROP_CONVERSATION = "llmbot_conversation"
+PROP_PAGE = "llmbot_page"
+
+KIND_ANSWER = "answer"
+KIND_NOTICE = "notice"
+KIND_END = "end"
+KIND_USAGE = "usage"
+KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
+
+# How the bot appends a status to an answer it could not finish ("\n\n_⚠️ ..._"); the context
+# builder drops it, as it drops notices.
+STATUS_LINE = "\n\n_⚠️ "
+
+# Posts of these kinds are not part of a conversation: after one, nothing is live.
+CLOSING_KINDS = (KIND_END, KIND_USAGE, KIND_REFUSAL)
+# Kinds that used a turn of the conversation (None: an answer written before posts were marked).
+_TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)
+
+
+def props_for(handler: str, kind: str, answers: str, conversation: str = "", page: int | None = None) -> dict[str, Any]:
+    """The props of one post of the bot's."""
+    props: dict[str, Any] = {PROP_HANDLER: handler, PROP_KIND: kind, PROP_ANSWERS: answers}
+    if conversation:
+        props[PROP_CONVERSATION] = conversation
+    if page is not None:
+        props[PROP_PAGE] = page
+    return props
+
+
+def kind_of(post: Post) -> str | None:
+    kind = post.props.get(PROP_KIND)
+    return kind if isinstance(kind, str) else None
+
+
+def _str_prop(post: Post, key: str) -> str:
+    value = post.props.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def conversation_of(post: Post) -> str:
+    """The conversation a post of the bot's belongs to ("" for posts written before it was recorded)."""
+    return _str_prop(post, PROP_CONVERSATION)
+
+
+def same_post(props: Mapping[str, Any], post: Post) -> bool:
+    """Is `post` the one a create with `props` made? (The server forgets pending_post_id after 30 s.)"""
+    return all(post.props.get(key) == props.get(key) for key in (PROP_HANDLER, PROP_KIND, PROP_ANSWERS, PROP_PAGE))
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A live conversation found in a thread."""
+
+    handler: str
+    started_by: str
+    conversation: str
+    idle_seconds: float  # since its last activity, so the rebuilt binding expires on time
+
+
+def newest_human_post(thread: Thread, me_id: str, answerable: Callable[[Post], bool] | None = None) -> Post | None:
+    """The newest post by a person (that `answerable` accepts, when given)."""
+    for post in reversed(thread.posts):
+        if post.user_id != me_id and post.is_human and (answerable is None or answerable(post)):
+            return post
+    return None
+
+
+def already_answered(thread: Thread, post: Post, me_id: str) -> bool:
+    """Did one of the bot's posts already take `post` (or something newer) into account?"""
+    created = {p.id: p.create_at for p in thread.posts}
+    for mine in thread.posts:
+        if mine.user_id != me_id:
+            continue
+        answered = mine.props.get(PROP_ANSWERS)
+        if isinstance(answered, str) and answered in created:
+            if created[answered] >= post.create_at:
+                return True
+        elif mine.create_at > post.create_at and kind_of(mine) in (None, KIND_ANSWER):
+            return True  # an answer written without the marker (or of a post we can't see), after the post
+    return False
+
+
+def turns_in_conversation(thread: Thread, me_id: str, conversation: str) -> int:
+    """How many turns the bot has taken in `conversation` (the id of the post that opened it).
+
+    A turn is one human post the bot answered (or failed to answer: a notice used a turn too),
+    so the pages of one answer, and an answer plus the notice that cut it short, count once.
+    Only posts recorded with this conversation count: a new call starts at 0 whatever the bot
+    posted in the thread before, unmarked posts included.
+    """
+    answered: set[str] = set()
+    for post in thread.posts:
+        if post.user_id == me_id and conversation_of(post) == conversation and kind_of(post) in _TURN_KINDS:
+            answered.add(_str_prop(post, PROP_ANSWERS) or post.id)
+    return len(answered)
+
+
+def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl_seconds: float) -> Recovered | None:
+    """The conversation live in `thread`, if any: the bot's newest post there is an answer or a
+    notice (not a goodbye, a usage hint or a refusal) and the thread was active within the TTL.
+    `thread` may be only the newest part of a thread: that is enough when it spans the TTL."""
+    mine = [p for p in thread.posts if p.user_id == me_id and isinstance(p.props.get(PROP_HANDLER), str)]
+    if not mine or kind_of(mine[-1]) in CLOSING_KINDS:
+        return None
+    last = mine[-1]
+    # The TTL counts from the end of the last answer (its last edit) or a later human post.
+    activity = max(last.create_at, last.edit_at)
+    for post in thread.posts:
+        if post.create_at > last.create_at and post.is_human and post.user_id != me_id:
+            activity = max(activity, post.create_at)
+    idle = max(0.0, (now_ms - activity) / 1000)
+    if idle >= ttl_seconds:
+        return None
+    opener = _opener(thread, mine)
+    authors = {p.id: p.user_id for p in thread.posts}
+    root = thread.root
+    started_by = authors.get(opener) or (root.user_id if root is not None else "")
+    return Recovered(str(last.props[PROP_HANDLER]), started_by, conversation_of(last) or opener, idle)
+
+
+def _opener(thread: Thread, mine: Sequence[Post]) -> str:
+    """The post that opened the running conversation: its recorded id, else the first post the
+    conversation's first answer took into account (posts written before the id was recorded)."""
+    first = 0
+    for i, post in enumerate(mine):
+        if kind_of(post) in CLOSING_KINDS:
+            first = i + 1
+    recorded = conversation_of(mine[-1])
+    if recorded:
+        return recorded
+    for post in mine[first:]:
+        answered = _str_prop(post, PROP_ANSWERS)
+        if answered:
+            return answered
+    return thread.root_id
+
+
+def threads_of(posts: Iterable[Post]) -> dict[str, Thread]:
+    """Group loose posts (a channel's posts since some time) into threads, oldest first."""
+    grouped: dict[str, list[Post]] = {}
+    for post in posts:
+        grouped.setdefault(post.thread_id, []).append(post)
+    return {
+        root: Thread(root, tuple(sorted(group, key=lambda p: (p.id != root, p.create_at, p.id))))
+        for root, group in grouped.items()
+    }
+
+
+def waiting_posts(thread: Thread, me_id: str, since_ms: int) -> list[Post]:
+    """Human posts newer than `since_ms` that no post of the bot has answered yet, oldest first."""
+    return [
+        p for p in thread.posts
+        if p.create_at > since_ms and p.user_id != me_id and p.is_human and not already_answered(thread, p, me_id)
+    ]

@@ -1,0 +1,334 @@
+"""The reply writer: everything one turn posts into its thread, and how.
+
+Pages of a long answer, idempotent creates (pending_post_id, and a look-up by props once the
+server has forgotten it), throttled streaming edits, the one closing post a turn may end with
+(a notice, a goodbye), the mark an interrupted answer gets, the typing indicator. Handlers
+write through it and never call Mattermost themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import AnswerCut, ChatError, ContextTooLong, LLMError
+from .ports import ChatAPI
+from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for, same_post
+from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
+from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
+from .thread import Post
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
+INTERRUPT_BUDGET = 2.0  # seconds a turn cut short by shutdown gets to say so in its post
+# The server de-duplicates a pending_post_id for 30 s (pendingPostIDsCacheTTL); past this, a
+# create retried after an unknown outcome first looks for its post in the thread.
+PENDING_WINDOW = 25.0
+
+INTERRUPTED_MARK = "⚠️ Interrupted: I was restarted before I could finish. Ask again to continue."
+INTERRUPTED_NOTICE = "⚠️ I was restarted before I could answer this. Please ask again."
+
+
+class TurnAborted(Exception):
+    """The thread can no longer be answered (e.g. its root was deleted): unbind it."""
+
+
+class ConversationOver(TurnAborted):
+    """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""
+
+
+_pending_ids = itertools.count()
+
+
+def new_pending_id(me_id: str) -> str:
+    """A pending_post_id as Mattermost's own clients make them ("<user id>:<time>"), unique here."""
+    return f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """The thread a turn writes into, and who the bot is there."""
+
+    channel_id: str
+    thread_id: str
+    me_id: str
+    handler: str
+    conversation: str = ""
+
+
+@dataclass
+class _Create:
+    """One post on its way: the same pending id on every retry, and when it was first tried."""
+
+    pending: str
+    first_try: float | None = None
+
+
+class ReplyWriter:
+    """Posts of one turn. `answers` is the human post the turn answers (it may move to a newer
+    post of the thread before anything is posted)."""
+
+    def __init__(
+        self,
+        chat: ChatAPI,
+        where: Where,
+        answers: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        edit_interval: float = 1.0,
+        deadline: float | None = None,
+        retry_base: float = RETRY_BASE,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.chat = chat
+        self.where = where
+        self.answers = answers
+        self.clock = clock
+        self.edit_interval = edit_interval
+        self.deadline = deadline
+        self.retry_base = retry_base
+        self.sleep = sleep
+        self.pages = ReplyPages()
+        self.posted: list[tuple[str, str]] = []  # (post id, text it shows), one per page
+        self._creates: list[_Create] = []  # one per page
+        # The one short post (message, kind) the turn ends with instead of an answer, once it is
+        # on its way: a shutdown then finishes that post rather than adding another.
+        self.closing: tuple[str, str, _Create] | None = None
+        self.closed = False  # the closing post was made
+
+    # ------------------------------------------------------------------ state
+    @property
+    def has_text(self) -> bool:
+        return bool(self.pages.text.strip())
+
+    @property
+    def spoke(self) -> bool:
+        """Has the turn shown anything in the thread (or tried to)?"""
+        return bool(self.posted or self._creates or self.closing)
+
+    @property
+    def thread_id(self) -> str:
+        return self.where.thread_id
+
+    def _props(self, kind: str, page: int | None = None) -> dict[str, Any]:
+        w = self.where
+        return props_for(w.handler, kind, self.answers, w.conversation, page)
+
+    async def retrying(self, call: Callable[[], Awaitable[T]], what: str, attempts: int = ATTEMPTS) -> T:
+        """A Mattermost call retried within the turn's deadline."""
+        return await with_retries(
+            call, what, attempts=attempts, base=self.retry_base, deadline=self.deadline, clock=self.clock, sleep=self.sleep
+        )
+
+    # ------------------------------------------------------------------ closing posts
+    async def post(self, message: str, kind: str, *, attempts: int = ATTEMPTS) -> None:
+        """End the turn with one short post (a goodbye, a hint, a refusal), never made twice."""
+        if self.closing is None or self.closing[:2] != (message, kind):
+            self.closing = (message, kind, _Create(new_pending_id(self.where.me_id)))
+        create = self.closing[2]
+        props = self._props(kind)
+        try:
+            await self.retrying(lambda: self._create(message, props, create), f"thread {self.thread_id}: posting", attempts)
+        except FINAL as exc:
+            raise TurnAborted(f"thread {self.thread_id} is gone: {exc}") from exc
+        self.closed = True
+
+    async def notice(self, message: str, cause: str) -> None:
+        """Best effort: a short notice in the thread, and always a log line with its cause."""
+        log.warning("thread %s: notice (%s): %s", self.thread_id, cause, message)
+        try:
+            await self.post(message, KIND_NOTICE)
+        except ChatError as exc:
+            log.warning("thread %s: notice not posted: %s", self.thread_id, exc)
+
+    async def fail(self, message: str, cause: str) -> None:
+        """The answer can't be finished: say so under the partial text (one post, not two), or
+        in a notice of its own when there is no text or it can't be posted."""
+        if self.has_text:
+            log.warning("thread %s: answer cut short (%s)", self.thread_id, cause)
+            self.pages.add(f"{STATUS_LINE}{message.removeprefix('⚠️ ')}_")
+            if await self.deliver():
+                return
+        await self.notice(message, cause)
+
+    # ------------------------------------------------------------------ answers
+    async def stream(self, source: AsyncGenerator[str, None], stop_typing: Callable[[], None] = lambda: None) -> None:
+        """Stream `source` into the thread as one answer (pages as needed), then deliver it.
+
+        LLMErrors end the answer with their reason (under the partial text, or as a notice);
+        ContextTooLong before any text is raised for the caller to trim and retry; any other
+        exception is raised after the partial text is marked (the turn runner logs it).
+        """
+        throttle = EditThrottle(self.clock, self.edit_interval)
+        started = self.clock()
+        # The source is read in a task of its own, so a slow Mattermost call never stalls it;
+        # each post update then takes every delta that has arrived, which also spares a
+        # quick answer its edits.
+        deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read(source, deltas))
+        try:
+            finished = False
+            while not finished:
+                batch = [await deltas.get()]
+                while not deltas.empty():
+                    batch.append(deltas.get_nowait())
+                for item in batch:
+                    if isinstance(item, BaseException):
+                        await self._failed(item)
+                        return
+                    if item is None:
+                        finished = True
+                    else:
+                        self.pages.add(item)
+                if finished or (not self.posted and not self.has_text):
+                    continue  # the final update comes below; and never create an empty post
+                if not self.posted or throttle.due():
+                    stop_typing()
+                    await self.try_sync()  # a failed update is retried at the next one
+                    throttle.mark()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if not self.has_text:
+            await self.notice("⚠️ The language model returned an empty answer. Please rephrase or try again.", "empty answer")
+            return
+        if not await self.deliver():
+            await self.notice("⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", "delivery failed")
+            return
+        log.info(
+            "thread %s: answered in %d post(s), %d chars, %.2fs",
+            self.thread_id, len(self.posted), len(self.pages.text), self.clock() - started,
+        )
+
+    async def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ContextTooLong) and not self.has_text:
+            raise exc
+        if isinstance(exc, AnswerCut):
+            await self.fail(f"⚠️ Cut short: {exc.reason}.", exc.reason)
+        elif isinstance(exc, LLMError):
+            await self.fail(f"⚠️ I could not finish this answer: {exc.reason}. Please try again.", exc.reason)
+        else:
+            raise exc
+
+    async def sync(self) -> None:
+        """Make the posts show the pages: patch changed ones, create the missing ones."""
+        for i, text in enumerate(self.pages.pages):
+            if not text.strip():
+                continue
+            sent = defuse_broadcasts(text)
+            if i < len(self.posted):
+                post_id, shown = self.posted[i]
+                if shown != text:
+                    await self.chat.patch_post(post_id, sent)
+                    self.posted[i] = (post_id, text)
+                continue
+            while len(self._creates) <= i:
+                self._creates.append(_Create(new_pending_id(self.where.me_id)))
+            post = await self._create(sent, self._props(KIND_ANSWER, i), self._creates[i])
+            self.posted.append((post.id, text))
+
+    async def _create(self, message: str, props: dict[str, Any], create: _Create) -> Post:
+        """One create, made idempotent: the same pending id on every retry, and past the server's
+        window for it, a look in the thread for the post an earlier, lost try made."""
+        now = self.clock()
+        if create.first_try is None:
+            create.first_try = now
+        elif now - create.first_try >= PENDING_WINDOW:
+            earlier = await self._find(props)
+            if earlier is not None:
+                log.info("thread %s: a lost create had made post %s; reusing it", self.thread_id, earlier.id)
+                if earlier.message != message:
+                    await self.chat.patch_post(earlier.id, message)
+                return earlier
+        w = self.where
+        post = await self.chat.create_post(w.channel_id, message, w.thread_id, props, create.pending)
+        if post.message != message:
+            # Mattermost answered a repeated pending_post_id with the post an earlier, lost try
+            # made: it shows the text of back then, so bring it up to date.
+            await self.chat.patch_post(post.id, message)
+        return post
+
+    async def _find(self, props: dict[str, Any]) -> Post | None:
+        thread = await self.chat.get_thread(self.thread_id)
+        for post in thread.posts:
+            if post.user_id == self.where.me_id and same_post(props, post):
+                return post
+        return None
+
+    async def try_sync(self) -> bool:
+        """sync once, where a passing Mattermost failure is logged and reported as False."""
+        try:
+            await self.sync()
+        except FINAL as exc:
+            raise TurnAborted(f"thread {self.thread_id} cannot be answered: {exc}") from exc
+        except ChatError as exc:
+            log.warning("thread %s: updating the answer failed: %s", self.thread_id, exc)
+            return False
+        return True
+
+    async def deliver(self) -> bool:
+        """sync until it succeeds, with backoff (429s wait as asked); False when it gives up."""
+        try:
+            await self.retrying(self.sync, f"thread {self.thread_id}: posting the answer")
+        except FINAL as exc:
+            raise TurnAborted(f"thread {self.thread_id} cannot be answered: {exc}") from exc
+        except ChatError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ shutdown
+    async def mark_interrupted(self) -> None:
+        """Shutdown cut this turn short: leave a word in the thread, within a short budget."""
+        try:
+            async with asyncio.timeout(INTERRUPT_BUDGET):
+                if self.closing is not None:  # a notice (or goodbye) was on its way: finish that one
+                    if not self.closed:
+                        await self.post(*self.closing[:2], attempts=1)
+                elif self.posted or self._creates:  # (a create cut short may have made its post)
+                    self.pages.add(f"{STATUS_LINE}{INTERRUPTED_MARK.removeprefix('⚠️ ')}_")
+                    await self.sync()
+                else:
+                    log.warning("thread %s: notice (shutdown): %s", self.thread_id, INTERRUPTED_NOTICE)
+                    await self.post(INTERRUPTED_NOTICE, KIND_NOTICE, attempts=1)
+        except (ChatError, TurnAborted, TimeoutError) as exc:
+            log.warning("thread %s: could not mark the answer as interrupted: %s", self.thread_id, exc)
+
+    # ------------------------------------------------------------------ typing
+    @contextlib.asynccontextmanager
+    async def typing(self) -> AsyncIterator[Callable[[], None]]:
+        """Shows "typing..." until the returned stop() is called or the block ends."""
+
+        async def keep_typing() -> None:
+            while True:
+                await self.chat.send_typing(self.where.channel_id, self.thread_id)
+                await asyncio.sleep(TYPING_EVERY)
+
+        task = asyncio.create_task(keep_typing())
+        try:
+            yield task.cancel
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _read(source: AsyncGenerator[str, None], out: asyncio.Queue[str | BaseException | None]) -> None:
+    """Put the source's deltas on `out`, then None when it is done, or whatever ended it: any
+    failure reaches the writer, so a turn never waits on a reader that died."""
+    try:
+        async with contextlib.aclosing(source):
+            async for delta in source:
+                out.put_nowait(delta)
+    except Exception as exc:  # noqa: BLE001 - handed over, raised by the writer
+        out.put_nowait(exc)
+        return
+    out.put_nowait(None)

@@ -1,0 +1,115 @@
+"""One serial queue of jobs per thread, caps on concurrency, and the drain on shutdown.
+
+Jobs of one thread run one after another in the order they came; jobs of different threads run
+side by side, at most `max_concurrent` at once. The LLM gets a cap of its own (LimitedLLM), so a
+burst of turns does not drown a local server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from .context import ChatMessage
+from .ports import LLMClient
+
+log = logging.getLogger(__name__)
+J = TypeVar("J")
+
+
+@dataclass(eq=False)
+class _ThreadQueue(Generic[J]):
+    """Jobs waiting for one thread; a single task drains it, so jobs never interleave."""
+
+    pending: deque[tuple[J, bool]] = field(default_factory=deque)  # (job, coalesces)
+    task: asyncio.Task[None] | None = None
+    waiting: J | None = None  # taken from `pending`, waiting for a slot
+
+
+class Scheduler(Generic[J]):
+    """Runs `run(job)` for each submitted job, serially per thread."""
+
+    def __init__(self, run: Callable[[J], Awaitable[None]], max_concurrent: int) -> None:
+        self._run = run
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._threads: dict[str, _ThreadQueue[J]] = {}
+
+    def __len__(self) -> int:
+        """Threads with a job queued or running."""
+        return len(self._threads)
+
+    def submit(self, thread_id: str, job: J, *, coalesces: bool = False) -> None:
+        """Queue `job` for its thread. A coalescing job right behind another coalescing one is
+        dropped: the queued one reads the thread when it starts and so covers this one too."""
+        queue = self._threads.get(thread_id)
+        if queue is None:
+            queue = self._threads[thread_id] = _ThreadQueue()
+        if coalesces and queue.pending and queue.pending[-1][1]:
+            return
+        queue.pending.append((job, coalesces))
+        if queue.task is None:
+            queue.task = asyncio.create_task(self._drain_thread(thread_id, queue))
+
+    async def _drain_thread(self, thread_id: str, queue: _ThreadQueue[J]) -> None:
+        try:
+            while queue.pending:
+                job, _ = queue.pending.popleft()
+                queue.waiting = job
+                async with self._slots:
+                    queue.waiting = None
+                    try:
+                        await self._run(job)
+                    except Exception:  # noqa: BLE001 - the runner handles its own; this is a last guard
+                        log.exception("thread %s: a job failed", thread_id)
+        finally:
+            self._threads.pop(thread_id, None)
+
+    async def idle(self) -> None:
+        """Wait until no job is queued or running."""
+        while self._threads:
+            tasks = [q.task for q in list(self._threads.values()) if q.task]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self, grace: float, unstarted: Callable[[J], Awaitable[None]], interrupt_grace: float) -> None:
+        """Give running jobs `grace` seconds; then cancel them (each marks itself interrupted)
+        and call `unstarted` for every queued job, all within `interrupt_grace` seconds."""
+        queues = list(self._threads.values())
+        tasks = {q.task for q in queues if q.task}
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        if not late:
+            return
+        queued: list[J] = []
+        for q in queues:
+            if q.task in late:
+                queued.extend(([q.waiting] if q.waiting is not None else []) + [job for job, _ in q.pending])
+            q.pending.clear()
+        log.warning("stopping: %d answer(s) cut short, %d queued turn(s) not answered", len(late), len(queued))
+        for task in late:
+            task.cancel()
+        notices = {asyncio.create_task(unstarted(job)) for job in queued}
+        await asyncio.wait(late | notices, timeout=interrupt_grace)
+
+
+class LimitedLLM:
+    """An LLM client that runs at most `max_concurrent` streams at once (LLMBOT_MAX_CONCURRENT_LLM)."""
+
+    def __init__(self, llm: LLMClient, max_concurrent: int) -> None:
+        self._llm = llm
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, *, near_limit: bool = False
+    ) -> AsyncGenerator[str, None]:
+        async with self._slots, contextlib.aclosing(self._llm.stream(messages, max_tokens, near_limit=near_limit)) as inner:
+            async for delta in inner:
+                yield delta
+
+    async def close(self) -> None:
+        await self._llm.close()

@@ -1,0 +1,48 @@
+"""The store protocol: bindings, the open-conversation index, claims on posts, limit counters.
+
+The store is a cache, not a record: every binding can be rebuilt from the props the bot writes
+into the thread (record.py), so losing it loses no conversation data. Async throughout, so that
+a shared store (Redis) can stand in for the memory one without touching the dispatcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A thread bound to a handler's conversation."""
+
+    handler: str
+    started_by: str  # user id of whoever opened the conversation
+    conversation: str  # id of the post that opened it (recorded on every post of the bot's)
+    last_activity: float  # store clock, seconds
+
+
+class Store(Protocol):
+    async def get(self, thread_id: str) -> Binding | None:
+        """The thread's live binding, or None (never bound, ended or expired)."""
+
+    async def bind(self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0) -> Binding:
+        """Bind a thread; `idle` says how long ago its last activity was (0 for a new one)."""
+
+    async def touch(self, thread_id: str) -> Binding | None:
+        """Restart the thread's TTL; None if it is no longer bound."""
+
+    async def unbind(self, thread_id: str) -> bool:
+        """End the thread's conversation; False if it was not bound."""
+
+    async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
+        """(thread id, last activity) of the live conversations `user_id` opened, least recent first."""
+
+    async def claim(self, post_id: str) -> bool:
+        """True the first time a post is claimed: the bot acts on each post once."""
+
+    async def count_start(self, user_id: str, at: float, window: float, limit: int) -> bool:
+        """Record a conversation start at `at` (wall-clock seconds) unless `limit` starts of the
+        user already fall within `window` seconds before it; True if recorded."""
+
+    async def first_notice(self, key: str, window: float) -> bool:
+        """True once per `window` seconds per key: tell a user about a limit once, not per message."""
