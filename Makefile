@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test check bench clean
+.PHONY: run test lint check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmbot needs Python 3.11 or newer (set PYTHON=python3.x)")'
@@ -27,6 +27,11 @@ check: $(STAMP) .env
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff and mypy (configured in pyproject.toml); to be run by `test` once the refactor lands
+lint: $(STAMP)
+	$(PY) -m ruff check llmbot tests bench
+	$(PY) -m mypy llmbot
 
 bench: $(STAMP)
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

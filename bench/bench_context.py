@@ -15,10 +15,12 @@ import statistics
 import time
 
 from _harness import Row, report, run
+
 from llmbot.context import Speaker, build_messages, fit_to_budget, recent_turns, thread_turns
-from llmbot.settings import DEFAULT_TRIGGER
 from llmbot.prompts import load_system_prompt
-from llmbot.thread import PROP_ANSWERS, PROP_HANDLER, PROP_KIND, KIND_ANSWER, Post, Thread, posts_from_post_list, thread_from_posts
+from llmbot.record import KIND_ANSWER, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
+from llmbot.settings import DEFAULT_TRIGGER
+from llmbot.thread import Post, Thread, posts_from_post_list, thread_from_posts
 from llmbot.tokens import load_tokenizer
 from llmbot.triggers import mention_pattern
 
@@ -34,7 +36,10 @@ WORDS = (
     "or mount it as a secret what do you think about retries with backoff and jitter in the client library "
     "also the migration took forty minutes on the replica which is odd given the index is already there"
 ).split()
-UNICODE = ["café", "naïve", "Größe", "façade", "日本語", "中文测试", "Привет", "emoji 🚀", "✅", "→", "€42", "½", "ñandú", "🙂", "Ελληνικά"]
+UNICODE = [
+    "café", "naïve", "Größe", "façade", "日本語", "中文测试", "Привет", "emoji 🚀",
+    "✅", "→", "€42", "½", "ñandú", "🙂", "Ελληνικά",
+]
 CODE = [
     "```python\nfor item in items:\n    if item.ready:\n        yield item.value\n```",
     "```bash\nkubectl -n prod rollout restart deploy/api && kubectl -n prod rollout status deploy/api\n```",
@@ -79,7 +84,7 @@ def build_thread(rng: random.Random) -> tuple[Thread, Speaker, dict[str, str], s
     t = 1_700_000_000_000
     posts: list[Post] = [Post(root_id, channel, human_ids[0], "", "gpt " + text(rng), t)]
     last_human = root_id
-    for i in range(1, POSTS):
+    for _ in range(1, POSTS):
         t += rng.randint(1_000, 120_000)
         if rng.random() < 0.45:  # one of the bot's answers to the newest human post
             props = {"from_bot": "true", PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER, PROP_ANSWERS: last_human}
@@ -89,7 +94,9 @@ def build_thread(rng: random.Random) -> tuple[Thread, Speaker, dict[str, str], s
             message = text(rng)
             if rng.random() < 0.05:
                 message = "@llmbot " + message
-            posts.append(Post(pid, channel, rng.choice(human_ids), root_id, message, t, file_count=1 if rng.random() < 0.02 else 0))
+            author = rng.choice(human_ids)  # drawn before the file count, as ever: the same thread every run
+            files = 1 if rng.random() < 0.02 else 0
+            posts.append(Post(pid, channel, author, root_id, message, t, file_count=files))
             last_human = pid
     names = {**humans, bot_id: "llmbot"}
     speaker = Speaker(bot_id, mention_pattern("llmbot"), (re.compile(DEFAULT_TRIGGER, re.IGNORECASE),))
