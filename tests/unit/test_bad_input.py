@@ -24,9 +24,19 @@ from hypothesis import strategies as st
 
 from llmbot.context import ChatMessage, Speaker, build_messages, chat_name
 from llmbot.events import Hello, Ignored, Posted, parse_frame
-from llmbot.record import already_answered, newest_human_post, kind_of
+from llmbot.record import (
+    KIND_ANSWER,
+    KIND_END,
+    KIND_NOTICE,
+    KIND_USAGE,
+    PROP_ANSWERS,
+    PROP_HANDLER,
+    PROP_KIND,
+    already_answered,
+    kind_of,
+    newest_human_post,
+)
 from llmbot.router import Continue, End, HandlerSpec, Identity, Ignore, Start, Usage, route
-from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, KIND_USAGE, PROP_ANSWERS, PROP_HANDLER, PROP_KIND
 from llmbot.thread import Thread, thread_from_posts
 from llmbot.tokens import REPLY_PRIMING, Tokenizer
 from llmbot.triggers import mention_pattern

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.record import kind_of
 from llmbot.events import Hello, Ignored, Posted, parse_frame
+from llmbot.record import kind_of
 
 from . import payloads as p
 

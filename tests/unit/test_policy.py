@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.settings import ServerURL, Settings, load_settings
 from llmbot.events import Posted, parse_frame
 from llmbot.policy import (
     CHANNEL_DENIED,
@@ -22,9 +21,8 @@ from llmbot.policy import (
     USER_NOT_ALLOWED,
     AccessPolicy,
 )
-from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, KIND_USAGE, PROP_KIND
-from llmbot.thread import Post, Thread, thread_from_posts
-from tests.fakes import FakeClock
+from llmbot.settings import ServerURL, Settings, load_settings
+from llmbot.thread import Post
 
 from . import payloads as p
 

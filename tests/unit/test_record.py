@@ -6,10 +6,23 @@ from types import MappingProxyType
 
 import pytest
 
-from llmbot.store import MemoryStore
 from llmbot.mattermost import reconnect_delay
-from llmbot.record import conversation_state, threads_of, turns_in_conversation, waiting_posts
-from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, KIND_REFUSAL, KIND_USAGE, PROP_ANSWERS, PROP_CONVERSATION, PROP_HANDLER, PROP_KIND
+from llmbot.record import (
+    KIND_ANSWER,
+    KIND_END,
+    KIND_NOTICE,
+    KIND_REFUSAL,
+    KIND_USAGE,
+    PROP_ANSWERS,
+    PROP_CONVERSATION,
+    PROP_HANDLER,
+    PROP_KIND,
+    conversation_state,
+    threads_of,
+    turns_in_conversation,
+    waiting_posts,
+)
+from llmbot.store import MemoryStore
 from llmbot.thread import Post, Thread
 from tests.fakes import FakeClock
 
@@ -50,7 +63,9 @@ class TestConversationState:
 
     @pytest.mark.parametrize("kind", [KIND_END, KIND_USAGE, KIND_REFUSAL])
     def test_a_goodbye_a_hint_or_a_refusal_closes_it(self, kind: str) -> None:
-        t = thread(human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000), mine("e", NOW - 2000, "h2", kind))
+        t = thread(
+            human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000), mine("e", NOW - 2000, "h2", kind)
+        )
         assert conversation_state(t, ME, NOW, TTL) is None
 
     def test_a_notice_keeps_it_live(self) -> None:
@@ -66,8 +81,10 @@ class TestConversationState:
         assert state is not None and state.started_by == BOB
 
     def test_posts_of_other_bots_or_humans_with_forged_props_do_not_count(self) -> None:
-        forged = Post("f", "chan", BOB, ROOT, "x", NOW - 1000, props=MappingProxyType({PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER}))
-        bot = Post("b", "chan", OTHER_BOT, ROOT, "x", NOW - 1000, props=MappingProxyType({PROP_HANDLER: "gpt", "from_bot": "true"}))
+        forged_props = MappingProxyType({PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER})
+        forged = Post("f", "chan", BOB, ROOT, "x", NOW - 1000, props=forged_props)
+        bot_props = MappingProxyType({PROP_HANDLER: "gpt", "from_bot": "true"})
+        bot = Post("b", "chan", OTHER_BOT, ROOT, "x", NOW - 1000, props=bot_props)
         assert conversation_state(thread(human(ROOT, NOW - 5000), forged, bot), ME, NOW, TTL) is None
 
     def test_a_window_without_the_root_falls_back_to_the_answered_author(self) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbot.store import Binding, Store, MemoryStore
+from llmbot.store import Binding, MemoryStore, Store
 from tests.fakes import FakeClock
 
 ROOT = "r00tr00tr00tr00tr00tr00t00"
