@@ -8,12 +8,12 @@ import logging
 import os
 import sys
 
-from .logs import configure_logging
-from .settings import Settings, load_settings, read_environment
 from .errors import ChatAuthError, ChatError, ConfigError, PromptError
 from .llm import OpenAIChat
+from .logs import configure_logging
 from .mattermost import MattermostChat
 from .prompts import load_system_prompt
+from .settings import Settings, load_settings, read_environment
 
 log = logging.getLogger("llmbot")
 

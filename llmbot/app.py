@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import lifecycle
 from .catchup import CatchUp
@@ -48,7 +48,7 @@ class Bot:
         store: Store | None = None,
         tokenizer: Tokenizer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
         shutdown_grace: float = lifecycle.SHUTDOWN_GRACE,
@@ -57,8 +57,9 @@ class Bot:
         self.chat = chat
         self.llm = llm
         self.system_prompt = system_prompt
-        # `is None`, not `or`: an empty MemoryStore has len() 0 and is falsy
-        self.store: Store = store if store is not None else MemoryStore(settings.conversation_ttl, settings.max_bound_threads, clock)
+        if store is None:
+            store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, clock)
+        self.store: Store = store
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
         self.clock = clock
         self.now = now
@@ -85,6 +86,8 @@ class Bot:
         """Log in (users/me) and set up the handlers and the flow, which need the bot's name."""
         me = self.me = await self.chat.login()
         s = self.settings
+        added_before = dict(self.handlers)
+        self.handlers.clear()  # the GPT chat first: the first handler also answers DMs and @mentions
         self.add_handler(
             ChatHandler(
                 HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True),
@@ -99,6 +102,7 @@ class Bot:
                 now=self.now,
             )
         )
+        self.handlers.update(added_before)
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
             deadline=s.turn_deadline, clock=self.clock, edit_interval=self.edit_interval, retry_base=self.retry_base,

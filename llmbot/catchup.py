@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .dispatcher import Dispatcher
 from .errors import ChatError
@@ -40,7 +40,7 @@ class CatchUp:
         *,
         me_id: str,
         ttl: float,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_base: float = RETRY_BASE,
     ) -> None:
         self.chat = chat
@@ -81,7 +81,7 @@ class CatchUp:
                 self.dispatcher.hold()
                 try:
                     complete = await self._pass(since)
-                except Exception:  # noqa: BLE001 - a failed catch-up must not stop live events
+                except Exception:
                     log.exception("catch-up failed")
                     complete = False
                 overflow, self.dispatcher.overflow_ms = self.dispatcher.overflow_ms, None
@@ -104,7 +104,9 @@ class CatchUp:
         started = time.monotonic()
         now_ms = int(self.now().timestamp() * 1000)
         try:
-            channels = await with_retries(self.chat.channels, "catch-up: listing the bot's channels", attempts=ATTEMPTS, base=self.retry_base)
+            channels = await with_retries(
+                self.chat.channels, "catch-up: listing the bot's channels", attempts=ATTEMPTS, base=self.retry_base
+            )
         except ChatError:
             return False
         active = [c for c in channels if c.last_post_at > since_ms]
@@ -129,7 +131,7 @@ class CatchUp:
             self.dispatcher.live_ms = newest
         log.info(
             "caught up: %d of %d channel(s) had posts since %s; %d post(s) taken up; %.2fs",
-            len(active), len(channels), datetime.fromtimestamp(since_ms / 1000, timezone.utc).strftime("%H:%M:%S"),
+            len(active), len(channels), datetime.fromtimestamp(since_ms / 1000, UTC).strftime("%H:%M:%S"),
             sum(r for r in results if r), time.monotonic() - started,
         )
         return complete
@@ -159,9 +161,12 @@ class CatchUp:
                 state is not None and handler is not None and handler.spec.conversational
                 and await self.store.get(thread.root_id) is None
             ):
-                await self.store.bind(thread.root_id, state.handler, state.started_by, state.conversation, idle=state.idle_seconds)
+                await self.store.bind(
+                    thread.root_id, state.handler, state.started_by, state.conversation, idle=state.idle_seconds
+                )
                 log.info("thread %s: conversation recovered from the thread (idle %.0fs)", thread.root_id, state.idle_seconds)
             for post in waiting_posts(thread, self.me_id, since_ms):
-                event = Posted(post, channel.type, channel.name, channel.display_name, names.get(post.user_id, ""), channel.team_id)
+                sender = names.get(post.user_id, "")
+                event = Posted(post, channel.type, channel.name, channel.display_name, sender, channel.team_id)
                 taken += await self.dispatcher.dispatch(event, replayed=True)
         return taken

@@ -127,16 +127,16 @@ class Dispatcher:
                     await self._release()
                 else:
                     await self._live(item)
-            except Exception:  # noqa: BLE001 - one bad event must not stop the bot
+            except Exception:
                 log.exception("event skipped after an unexpected error")
             finally:
                 self._queue.task_done()
 
     async def _live(self, event: Posted) -> None:
+        created = event.post.create_at
+        self.live_ms = max(self.live_ms, created)  # (also while stopping: tests wait on it as a marker)
         if not self.accepting:
             return
-        created = event.post.create_at
-        self.live_ms = max(self.live_ms, created)
         if not self._holding:
             await self.dispatch(event)
         elif len(self._held) < MAX_HELD:
@@ -170,11 +170,14 @@ class Dispatcher:
         refusal = None if self.policy.is_open else self.policy.refuses(event)
         if refusal is not None:
             log.info("post %s in thread %s not answered: %s", post.id, post.thread_id, refusal)
-            decision = await self.limits.dm_refusal(event, decision)
+            admitted = await self.limits.dm_refusal(event, decision)
         elif isinstance(decision, Start):
-            decision = await self.limits.admit(event, decision)
-        if decision is None:
+            admitted = await self.limits.admit(event, decision)
+        else:
+            admitted = decision
+        if admitted is None:
             return False
+        decision = admitted
         self._remember_name(post.user_id, event.sender_name)
         thread_id = post.thread_id
         conversation = ""
@@ -188,7 +191,8 @@ class Dispatcher:
         elif isinstance(decision, End) and binding is not None:
             conversation = binding.conversation
             await self.store.unbind(thread_id)
-        log.info("post %s in thread %s: %s%s", post.id, thread_id, type(decision).__name__.lower(), " (caught up)" if replayed else "")
+        what = type(decision).__name__.lower()
+        log.info("post %s in thread %s: %s%s", post.id, thread_id, what, " (caught up)" if replayed else "")
         job = Job(decision, event, conversation, replayed)
         self.scheduler.submit(thread_id, job, coalesces=isinstance(decision, Continue))
         return True

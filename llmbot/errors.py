@@ -7,12 +7,14 @@
      │    ├── ChatAuthError       401: token invalid or revoked
      │    ├── ChatForbidden       403: not a member, no permission
      │    ├── ChatNotFound        404: e.g. the root post was deleted
-     │    ├── ChatRateLimited     429 after the driver's own retries
+     │    ├── ChatRateLimited     429: wait what Retry-After says
      │    ├── ChatBadRequest      400: the server rejected what we sent
      │    └── ChatUnavailable     transport errors, timeouts, 5xx
-     └── LLMError             the LLM server failed; `reason` is safe to show users
-          ├── ContextTooLong      the prompt did not fit the model's window
-          └── AnswerCut           raised after all the text: the server stopped the answer at its length limit
+     ├── LLMError             the LLM server failed; `reason` is safe to show users
+     │    ├── ContextTooLong      the prompt did not fit the model's window
+     │    └── AnswerCut           raised after all the text: the server stopped the answer at its length limit
+     └── TurnAborted          the thread can no longer be answered (its root was deleted): unbind it
+          └── ConversationOver    the handler ended the conversation itself (e.g. the turn cap)
 """
 
 from __future__ import annotations
@@ -88,3 +90,11 @@ class ContextTooLong(LLMError):
 
 class AnswerCut(LLMError):
     """The server cut the answer at its length limit (finish_reason "length"); all of its text was yielded."""
+
+
+class TurnAborted(LlmbotError):
+    """The thread can no longer be answered (e.g. its root was deleted): unbind it."""
+
+
+class ConversationOver(TurnAborted):
+    """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""

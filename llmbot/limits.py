@@ -41,11 +41,12 @@ class Limits:
 
     async def dm_refusal(self, event: Posted, decision: Decision) -> Decision | None:
         """With DMs off: a refusal for the first DM in a while, else nothing."""
-        if event.is_direct and not self.direct_messages and isinstance(decision, (Start, Usage)):
-            if await self.store.first_notice(f"dm:{event.post.user_id}", TELL_ONCE_PER):
-                call = self.call_word(decision.handler)
-                return Refuse(decision.handler, f"I don't answer direct messages here. Call me in a channel with `{call}`.")
-        return None
+        if not (event.is_direct and not self.direct_messages and isinstance(decision, (Start, Usage))):
+            return None
+        if not await self.store.first_notice(f"dm:{event.post.user_id}", TELL_ONCE_PER):
+            return None
+        call = self.call_word(decision.handler)
+        return Refuse(decision.handler, f"I don't answer direct messages here. Call me in a channel with `{call}`.")
 
     async def admit(self, event: Posted, decision: Start) -> Decision | None:
         """The start if the user is within the limits, a refusal to tell them, or None (silence)."""

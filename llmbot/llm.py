@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -136,7 +136,7 @@ def retry_after(headers: Mapping[str, str] | None, now: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" means UTC too
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_CAP)
 
 

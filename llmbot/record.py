@@ -84,7 +84,7 @@ class Recovered:
 
 def newest_human_post(thread: Thread, me_id: str, answerable: Callable[[Post], bool] | None = None) -> Post | None:
     """The newest post by a person (that `answerable` accepts, when given)."""
-    for post in reversed(thread.posts):
+    for post in thread.posts[::-1]:
         if post.user_id != me_id and post.is_human and (answerable is None or answerable(post)):
             return post
     return None

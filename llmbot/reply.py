@@ -10,47 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import AnswerCut, ChatError, ContextTooLong, LLMError
+from .creates import Create, IdempotentCreator, new_pending_id
+from .errors import AnswerCut, ChatError, ContextTooLong, LLMError, TurnAborted
 from .ports import ChatAPI
-from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for, same_post
+from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
-from .thread import Post
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
 INTERRUPT_BUDGET = 2.0  # seconds a turn cut short by shutdown gets to say so in its post
-# The server de-duplicates a pending_post_id for 30 s (pendingPostIDsCacheTTL); past this, a
-# create retried after an unknown outcome first looks for its post in the thread.
-PENDING_WINDOW = 25.0
 
 INTERRUPTED_MARK = "⚠️ Interrupted: I was restarted before I could finish. Ask again to continue."
 INTERRUPTED_NOTICE = "⚠️ I was restarted before I could answer this. Please ask again."
-
-
-class TurnAborted(Exception):
-    """The thread can no longer be answered (e.g. its root was deleted): unbind it."""
-
-
-class ConversationOver(TurnAborted):
-    """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""
-
-
-_pending_ids = itertools.count()
-
-
-def new_pending_id(me_id: str) -> str:
-    """A pending_post_id as Mattermost's own clients make them ("<user id>:<time>"), unique here."""
-    return f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +42,6 @@ class Where:
     me_id: str
     handler: str
     conversation: str = ""
-
-
-@dataclass
-class _Create:
-    """One post on its way: the same pending id on every retry, and when it was first tried."""
-
-    pending: str
-    first_try: float | None = None
 
 
 class ReplyWriter:
@@ -98,11 +70,12 @@ class ReplyWriter:
         self.sleep = sleep
         self.pages = ReplyPages()
         self.posted: list[tuple[str, str]] = []  # (post id, text it shows), one per page
-        self._creates: list[_Create] = []  # one per page
+        self._creates: list[Create] = []  # one per page
         # The one short post (message, kind) the turn ends with instead of an answer, once it is
         # on its way: a shutdown then finishes that post rather than adding another.
-        self.closing: tuple[str, str, _Create] | None = None
+        self.closing: tuple[str, str, Create] | None = None
         self.closed = False  # the closing post was made
+        self._creator = IdempotentCreator(chat, where.channel_id, where.thread_id, where.me_id, clock)
 
     # ------------------------------------------------------------------ state
     @property
@@ -132,11 +105,12 @@ class ReplyWriter:
     async def post(self, message: str, kind: str, *, attempts: int = ATTEMPTS) -> None:
         """End the turn with one short post (a goodbye, a hint, a refusal), never made twice."""
         if self.closing is None or self.closing[:2] != (message, kind):
-            self.closing = (message, kind, _Create(new_pending_id(self.where.me_id)))
+            self.closing = (message, kind, Create(new_pending_id(self.where.me_id)))
         create = self.closing[2]
         props = self._props(kind)
         try:
-            await self.retrying(lambda: self._create(message, props, create), f"thread {self.thread_id}: posting", attempts)
+            what = f"thread {self.thread_id}: posting"
+            await self.retrying(lambda: self._creator.create(message, props, create), what, attempts)
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} is gone: {exc}") from exc
         self.closed = True
@@ -202,7 +176,9 @@ class ReplyWriter:
             await self.notice("⚠️ The language model returned an empty answer. Please rephrase or try again.", "empty answer")
             return
         if not await self.deliver():
-            await self.notice("⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", "delivery failed")
+            await self.notice(
+                "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", "delivery failed"
+            )
             return
         log.info(
             "thread %s: answered in %d post(s), %d chars, %.2fs",
@@ -232,37 +208,9 @@ class ReplyWriter:
                     self.posted[i] = (post_id, text)
                 continue
             while len(self._creates) <= i:
-                self._creates.append(_Create(new_pending_id(self.where.me_id)))
-            post = await self._create(sent, self._props(KIND_ANSWER, i), self._creates[i])
+                self._creates.append(Create(new_pending_id(self.where.me_id)))
+            post = await self._creator.create(sent, self._props(KIND_ANSWER, i), self._creates[i])
             self.posted.append((post.id, text))
-
-    async def _create(self, message: str, props: dict[str, Any], create: _Create) -> Post:
-        """One create, made idempotent: the same pending id on every retry, and past the server's
-        window for it, a look in the thread for the post an earlier, lost try made."""
-        now = self.clock()
-        if create.first_try is None:
-            create.first_try = now
-        elif now - create.first_try >= PENDING_WINDOW:
-            earlier = await self._find(props)
-            if earlier is not None:
-                log.info("thread %s: a lost create had made post %s; reusing it", self.thread_id, earlier.id)
-                if earlier.message != message:
-                    await self.chat.patch_post(earlier.id, message)
-                return earlier
-        w = self.where
-        post = await self.chat.create_post(w.channel_id, message, w.thread_id, props, create.pending)
-        if post.message != message:
-            # Mattermost answered a repeated pending_post_id with the post an earlier, lost try
-            # made: it shows the text of back then, so bring it up to date.
-            await self.chat.patch_post(post.id, message)
-        return post
-
-    async def _find(self, props: dict[str, Any]) -> Post | None:
-        thread = await self.chat.get_thread(self.thread_id)
-        for post in thread.posts:
-            if post.user_id == self.where.me_id and same_post(props, post):
-                return post
-        return None
 
     async def try_sync(self) -> bool:
         """sync once, where a passing Mattermost failure is logged and reported as False."""
@@ -313,8 +261,12 @@ class ReplyWriter:
                 await asyncio.sleep(TYPING_EVERY)
 
         task = asyncio.create_task(keep_typing())
+
+        def stop() -> None:
+            task.cancel()
+
         try:
-            yield task.cancel
+            yield stop
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

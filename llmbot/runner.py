@@ -9,11 +9,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from .errors import ChatError
+from .errors import ChatError, ConversationOver, TurnAborted
 from .events import Posted
 from .handlers.base import Handler, Turn
 from .ports import ChatAPI
-from .reply import ConversationOver, ReplyWriter, TurnAborted, Where
+from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
 from .router import Continue, Decision, Start
 from .store.base import Store
@@ -107,7 +107,7 @@ class TurnRunner:
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD
                 await writer.fail(FAILED, f"Mattermost refused a call: {exc}")
-        except Exception:  # noqa: BLE001 - a handler bug costs one turn, not the bot
+        except Exception:
             log.exception("thread %s: handler %s failed on post %s", thread_id, job.handler, job.event.post.id)
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD

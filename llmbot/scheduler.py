@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .context import ChatMessage
 from .ports import LLMClient
@@ -64,7 +64,7 @@ class Scheduler(Generic[J]):
                     queue.waiting = None
                     try:
                         await self._run(job)
-                    except Exception:  # noqa: BLE001 - the runner handles its own; this is a last guard
+                    except Exception:
                         log.exception("thread %s: a job failed", thread_id)
         finally:
             self._threads.pop(thread_id, None)
@@ -75,7 +75,7 @@ class Scheduler(Generic[J]):
             tasks = [q.task for q in list(self._threads.values()) if q.task]
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def drain(self, grace: float, unstarted: Callable[[J], Awaitable[None]], interrupt_grace: float) -> None:
+    async def drain(self, grace: float, unstarted: Callable[[J], Coroutine[Any, Any, None]], interrupt_grace: float) -> None:
         """Give running jobs `grace` seconds; then cancel them (each marks itself interrupted)
         and call `unstarted` for every queued job, all within `interrupt_grace` seconds."""
         queues = list(self._threads.values())
@@ -93,7 +93,7 @@ class Scheduler(Generic[J]):
         log.warning("stopping: %d answer(s) cut short, %d queued turn(s) not answered", len(late), len(queued))
         for task in late:
             task.cancel()
-        notices = {asyncio.create_task(unstarted(job)) for job in queued}
+        notices: set[asyncio.Task[None]] = {asyncio.create_task(unstarted(job)) for job in queued}
         await asyncio.wait(late | notices, timeout=interrupt_grace)
 
 

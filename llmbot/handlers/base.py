@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ChatError
+from ..errors import ChatError, TurnAborted
 from ..events import Posted
 from ..ports import ChatAPI
-from ..reply import ReplyWriter, TurnAborted
+from ..reply import ReplyWriter
 from ..retry import FINAL
 from ..router import Decision, HandlerSpec
 from ..thread import Post, Thread

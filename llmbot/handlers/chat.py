@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..context import Speaker, build_messages, participants
-from ..errors import ContextTooLong
+from ..errors import ContextTooLong, ConversationOver
 from ..ports import LLMClient
 from ..prompts import PromptTemplate
 from ..record import KIND_END, KIND_REFUSAL, KIND_USAGE, already_answered, newest_human_post, turns_in_conversation
-from ..reply import ConversationOver
 from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
 from ..thread import Thread
 from ..tokens import Tokenizer
@@ -38,7 +37,7 @@ class ChatHandler:
         context_tokens: int,
         reply_tokens: int,
         max_turns: int = 0,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.spec = spec
         self.llm = llm
@@ -64,10 +63,12 @@ class ChatHandler:
             known = isinstance(decision, Start) and turn.post.is_root and not turn.replayed
             await self.answer(turn, known_thread=known)
         elif isinstance(decision, End):
-            await turn.reply.post(f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like.", KIND_END)
+            goodbye = f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like."
+            await turn.reply.post(goodbye, KIND_END)
         elif isinstance(decision, Usage):
             call = self.call_word()
-            await turn.reply.post(f"Ask me something after `{call}`, for example: `{call} how do I undo my last git commit?`", KIND_USAGE)
+            hint = f"Ask me something after `{call}`, for example: `{call} how do I undo my last git commit?`"
+            await turn.reply.post(hint, KIND_USAGE)
         elif isinstance(decision, Refuse):
             await turn.reply.post(decision.message, KIND_REFUSAL)
 

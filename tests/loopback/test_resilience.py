@@ -91,8 +91,8 @@ class TestRestart:
         root = await mm.post_as(world.alice, world.town, "lunch?")
         mm.reset_requests()
         for i in range(5):
-            await mm.post_as(world.bob, world.town, f"reply {i}", root_id=root["id"])
-        await asyncio.sleep(0.2)
+            last = await mm.post_as(world.bob, world.town, f"reply {i}", root_id=root["id"])
+        await mm.wait_for(lambda: run.bot.dispatcher.live_ms >= last["create_at"])  # the bot has seen them all
         await run.bot.idle()
         assert mm.requests == []
 
@@ -250,8 +250,9 @@ class TestShutdown:
         run = await start_bot()
         await run.bot.drain()
         post = await mm.post_as(world.alice, world.town, "gpt too late")
-        await asyncio.sleep(0.2)
-        assert run.replies(post["id"]) == [] and llm_server.requests == []
+        await mm.wait_for(lambda: run.bot.dispatcher.live_ms >= post["create_at"])  # the bot has seen it...
+        await run.bot.idle()
+        assert run.replies(post["id"]) == [] and llm_server.requests == []  # ...and left it alone
 
 
 class TestTurnCap:
