@@ -32,7 +32,7 @@ from .mattermost_socket import EventSocket, reconnect_delay
 from .ports import Channel  # the core's type; re-exported for old imports
 from .router import Identity
 from .settings import Settings
-from .thread import Post, Thread, post_from_json, posts_from_post_list, thread_from_posts
+from .thread import Post, Thread, post_from_json, posts_from_post_list, text_or_empty, thread_from_posts
 from .triggers import mention_pattern
 
 __all__ = ["Channel", "MattermostChat", "reconnect_delay", "translate"]  # reconnect_delay: its old home
@@ -200,8 +200,9 @@ class MattermostChat:
             if isinstance(c, dict) and isinstance(c.get("id"), str):
                 last = c.get("last_post_at")
                 channels.append(Channel(
-                    c["id"], _str(c.get("type")), _str(c.get("name")), _str(c.get("display_name")),
-                    _str(c.get("team_id")), last if isinstance(last, int) else 0,
+                    c["id"], text_or_empty(c.get("type")), text_or_empty(c.get("name")),
+                    text_or_empty(c.get("display_name")), text_or_empty(c.get("team_id")),
+                    last if isinstance(last, int) else 0,
                 ))
         return channels
 
@@ -209,7 +210,7 @@ class MattermostChat:
         """Team names by id, for access lists written with names."""
         data = await self._call("my teams", self._driver.teams.get_teams_for_user("me"))
         teams = data if isinstance(data, list) else []
-        return {t["id"]: _str(t.get("name")) for t in teams if isinstance(t, dict) and isinstance(t.get("id"), str)}
+        return {t["id"]: text_or_empty(t.get("name")) for t in teams if isinstance(t, dict) and isinstance(t.get("id"), str)}
 
     async def posts_since(self, channel_id: str, since_ms: int) -> tuple[list[Post], bool]:
         """Posts of a channel created after `since_ms`, oldest first, and whether the server's
@@ -276,6 +277,3 @@ class MattermostChat:
         except ChatError as exc:
             log.warning("Mattermost is not reachable: %s", exc)
 
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""

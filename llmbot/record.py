@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .thread import Post, Thread
+from .thread import Post, Thread, text_or_empty
 
 PROP_HANDLER = "llmbot_handler"
 PROP_KIND = "llmbot_kind"
@@ -57,14 +57,9 @@ def kind_of(post: Post) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _str_prop(post: Post, key: str) -> str:
-    value = post.props.get(key)
-    return value if isinstance(value, str) else ""
-
-
 def conversation_of(post: Post) -> str:
     """The conversation a post of the bot's belongs to ("" for posts written before it was recorded)."""
-    return _str_prop(post, PROP_CONVERSATION)
+    return text_or_empty(post.props.get(PROP_CONVERSATION))
 
 
 def same_post(props: Mapping[str, Any], post: Post) -> bool:
@@ -116,7 +111,7 @@ def turns_in_conversation(thread: Thread, me_id: str, conversation: str) -> int:
     answered: set[str] = set()
     for post in thread.posts:
         if post.user_id == me_id and conversation_of(post) == conversation and kind_of(post) in _TURN_KINDS:
-            answered.add(_str_prop(post, PROP_ANSWERS) or post.id)
+            answered.add(text_or_empty(post.props.get(PROP_ANSWERS)) or post.id)
     return len(answered)
 
 
@@ -154,7 +149,7 @@ def _opener(thread: Thread, mine: Sequence[Post]) -> str:
     if recorded:
         return recorded
     for post in mine[first:]:
-        answered = _str_prop(post, PROP_ANSWERS)
+        answered = text_or_empty(post.props.get(PROP_ANSWERS))
         if answered:
             return answered
     return thread.root_id

@@ -114,6 +114,7 @@ class ReplyWriter:
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} is gone: {exc}") from exc
         self.closed = True
+        log.info("thread %s: %s posted (answers post %s)", self.thread_id, kind, self.answers)
 
     async def notice(self, message: str, cause: str) -> None:
         """Best effort: a short notice in the thread, and always a log line with its cause."""
