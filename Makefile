@@ -25,10 +25,10 @@ run: $(STAMP) .env
 check: $(STAMP) .env
 	$(VENV)/bin/llmbot check
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
-# ruff and mypy (configured in pyproject.toml); to be run by `test` once the refactor lands
+# ruff and mypy (strict on llmbot/), configured in pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check llmbot tests bench
 	$(PY) -m mypy llmbot

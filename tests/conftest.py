@@ -12,9 +12,9 @@ import pytest
 
 from llmbot.app import Bot
 from llmbot.store import MemoryStore
+from tests.fakes import FakeClock, bot_for, settings_for
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
-from tests.fakes import FakeClock, bot_for, settings_for
 
 _OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmbot.app import Bot
-from llmbot.settings import Settings, load_settings
-from llmbot.store import Store
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat
 from llmbot.prompts import load_system_prompt
+from llmbot.settings import Settings, load_settings
+from llmbot.store import Store
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmbot.settings import Settings, load_settings
 from llmbot.context import ChatMessage
 from llmbot.errors import AnswerCut, ContextTooLong, LLMError
 from llmbot.llm import CUT, EMPTY, STALLED, TOO_LONG, TOO_SLOW, UNMERGEABLE, OpenAIChat, backoff, retry_after, translate
+from llmbot.settings import Settings, load_settings
 from tests.fakes import FakeClock
 from tests.loopback.fake_openai import FakeOpenAI
 

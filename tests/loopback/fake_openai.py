@@ -40,8 +40,9 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -197,7 +198,7 @@ class FakeOpenAI:
 
     async def _hold(self, request: web.Request) -> None:
         """Send nothing until the client hangs up or the server stops: a stalled upstream."""
-        while not self._stopping and request.transport is not None and not request.transport.is_closing():
+        while not self._stopping and request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110 - polls a transport, which has no event to wait on
             await asyncio.sleep(0.01)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:

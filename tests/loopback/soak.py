@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from llmbot.app import Bot
-from llmbot.store import MemoryStore
 from llmbot.llm import OpenAIChat
 from llmbot.mattermost import MattermostChat
 from llmbot.prompts import load_system_prompt
 from llmbot.record import KIND_ANSWER, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
+from llmbot.store import MemoryStore
 from tests.fakes import settings_for
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
-from llmbot.retry import ATTEMPTS
 from llmbot.record import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
+from llmbot.retry import ATTEMPTS
 from tests.loopback.conftest import user_turns
 
 
@@ -236,7 +237,7 @@ class TestStreaming:
         await run.bot.idle()
         edits = [e for e in mm.edits if e[0] == first["id"]]
         assert 2 <= len(edits) <= 4
-        gaps = [b[2] - a[2] for a, b in zip(edits, edits[1:-1])]
+        gaps = [b[2] - a[2] for a, b in itertools.pairwise(edits[:-1])]
         assert all(g >= 0.9 for g in gaps)
         assert run.replies(post["id"])[0]["message"] == "".join(f"word{i} " for i in range(26))
 

@@ -108,7 +108,7 @@ class TestSocketDrops:
         gap_dm = await mm.post_as(world.alice, world.dm, "hi in private")
         await mm.wait_for(lambda: mm.ws_clients == 1, timeout=5)  # the bot reconnected
         for post, root_id in ((gap_follow, root["id"]), (gap_call, gap_call["id"]), (gap_dm, gap_dm["id"])):
-            await mm.wait_for(lambda: answers_to(run, root_id, post["id"]), timeout=5)
+            await mm.wait_for(lambda root_id=root_id, post=post: answers_to(run, root_id, post["id"]), timeout=5)
         await run.bot.idle()
         assert len(run.replies(root["id"])) == 2
         assert len(run.replies(gap_call["id"])) == 1 and len(run.replies(gap_dm["id"])) == 1
@@ -131,7 +131,7 @@ class TestSocketDrops:
         await mm.drop_websockets()  # while that catch-up still waits for its answer
         gap2 = await mm.post_as(world.bob, world.town, "second gap", root_id=second["id"])
         for post, root_id in ((gap1, first["id"]), (gap2, second["id"])):
-            await mm.wait_for(lambda: answers_to(run, root_id, post["id"]), timeout=10)
+            await mm.wait_for(lambda root_id=root_id, post=post: answers_to(run, root_id, post["id"]), timeout=10)
         await run.bot.idle()
         assert len(run.replies(first["id"])) == 2 and len(run.replies(second["id"])) == 2
 
