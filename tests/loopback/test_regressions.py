@@ -24,6 +24,37 @@ class OneShotEcho:
         await turn.reply.post("echo: " + turn.post.message[5:], KIND_ANSWER)
 
 
+class Broken:
+    """A handler with a bug: it shows part of an answer, then raises."""
+
+    spec = HandlerSpec("broken", (re.compile(r"^broken\b", re.IGNORECASE),), conversational=True)
+
+    def call_word(self) -> str:
+        return "broken"
+
+    async def handle(self, turn) -> None:
+        async def words():
+            yield "Half an answer"
+            raise KeyError("a bug")
+
+        await turn.reply.stream(words())
+
+
+class TestAnyFailureEndsTheTurn:
+    async def test_a_handler_bug_ends_the_turn_with_one_marked_post_and_a_traceback(self, start_bot, world, mm, llm_server, caplog):
+        run = await start_bot(handlers=(Broken(),))
+        with caplog.at_level(logging.ERROR, logger="llmbot.runner"):
+            post = await mm.post_as(world.alice, world.town, "broken please")
+            (reply,) = await run.wait_replies(post["id"], 1)
+            await run.bot.idle()
+        assert reply["message"].startswith("Half an answer" + STATUS_LINE) and "went wrong" in reply["message"]
+        (record,) = [r for r in caplog.records if r.exc_info]
+        assert record.exc_info[0] is KeyError
+        # the thread is not stuck: the next post is taken
+        await mm.post_as(world.alice, world.town, "again", root_id=post["id"])
+        assert len(await run.wait_replies(post["id"], 2)) == 2
+
+
 class TestTheTurnCapCountsTheCurrentConversationOnly:
     async def test_a_new_call_after_the_ttl_expired_starts_at_zero(self, start_bot, world, mm, llm_server, clock):
         run = await start_bot(LLMBOT_MAX_TURNS="2", LLMBOT_CONVERSATION_TTL="60")
