@@ -38,6 +38,7 @@ class Scheduler(Generic[J]):
         self._run = run
         self._slots = asyncio.Semaphore(max_concurrent)
         self._threads: dict[str, _ThreadQueue[J]] = {}
+        self._stopping = False  # drain began: no queued job starts any more
 
     def __len__(self) -> int:
         """Threads with a job queued or running."""
@@ -57,10 +58,12 @@ class Scheduler(Generic[J]):
 
     async def _drain_thread(self, thread_id: str, queue: _ThreadQueue[J]) -> None:
         try:
-            while queue.pending:
+            while queue.pending and not self._stopping:
                 job, _ = queue.pending.popleft()
                 queue.waiting = job
                 async with self._slots:
+                    if self._stopping:
+                        break  # drain reports it as unstarted
                     queue.waiting = None
                     try:
                         await self._run(job)
@@ -78,18 +81,18 @@ class Scheduler(Generic[J]):
     async def drain(self, grace: float, unstarted: Callable[[J], Coroutine[Any, Any, None]], interrupt_grace: float) -> None:
         """Give running jobs `grace` seconds; then cancel them (each marks itself interrupted)
         and call `unstarted` for every queued job, all within `interrupt_grace` seconds."""
+        self._stopping = True
         queues = list(self._threads.values())
         tasks = {q.task for q in queues if q.task}
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=grace)
-        if not late:
-            return
         queued: list[J] = []
         for q in queues:
-            if q.task in late:
-                queued.extend(([q.waiting] if q.waiting is not None else []) + [job for job, _ in q.pending])
+            queued.extend(([q.waiting] if q.waiting is not None else []) + [job for job, _ in q.pending])
             q.pending.clear()
+        if not late and not queued:
+            return
         log.warning("stopping: %d answer(s) cut short, %d queued turn(s) not answered", len(late), len(queued))
         for task in late:
             task.cancel()

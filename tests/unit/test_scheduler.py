@@ -184,6 +184,23 @@ class TestDrain:
         assert unstarted == ["waits for a slot"]
         assert jobs.log == ["start long", "cancelled long"]
 
+    async def test_a_queued_job_does_not_start_during_the_grace_even_when_its_thread_frees_up(self, jobs: Jobs) -> None:
+        scheduler: Scheduler[str] = Scheduler(jobs.run, max_concurrent=2)
+        jobs.gate("first")
+        scheduler.submit("thread", "first")
+        scheduler.submit("thread", "queued")
+        await within(jobs.started["first"].wait())
+        unstarted: list[str] = []
+
+        async def tell(job: str) -> None:
+            unstarted.append(job)
+
+        drain = asyncio.create_task(scheduler.drain(grace=0.5, unstarted=tell, interrupt_grace=1.0))
+        jobs.open("first")  # the thread frees up within the grace: a new turn would start an LLM call
+        await within(drain)
+        assert "end first" in jobs.log and "start queued" not in jobs.log
+        assert unstarted == ["queued"]
+
     async def test_drain_with_nothing_running_returns_at_once(self, jobs: Jobs) -> None:
         scheduler: Scheduler[str] = Scheduler(jobs.run, max_concurrent=2)
         unstarted: list[str] = []
