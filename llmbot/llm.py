@@ -154,6 +154,11 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _refuses_roles(exc: BaseException) -> bool:
+    """Is this the error of a chat template that wants user and assistant turns to alternate?"""
+    return isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc))  # str(): matched, never logged
+
+
 def _refused(exc: BaseException) -> bool:
     """Does the cause chain hold an OS-level connection failure (refused, unreachable, DNS)?"""
     seen: set[int] = set()
@@ -207,6 +212,7 @@ class OpenAIChat:
         # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
         self._limit_param = "max_tokens"
         self.merge_user_turns = settings.merge_user_turns  # may turn True later: see stream()
+        self._dead_connections = 0  # empty streams whose pooled connection no request has yet found reset
 
     async def close(self) -> None:
         await self._client.close()
@@ -220,7 +226,9 @@ class OpenAIChat:
         A failure that may pass (429, 5xx, transport, timeout, an empty stream) is retried with
         backoff while no text has been yielded; after that it raises at once, as a retry would
         repeat the text. An empty stream is ContextTooLong at once when the caller says the prompt
-        was `near_limit` of its budget: llama.cpp fails an overlong streamed prompt that way.
+        was `near_limit` of its budget: llama.cpp fails an overlong streamed prompt that way (and,
+        when user messages follow each other, one its chat template refuses: so those are first
+        tried merged, see alternation.py).
         llm_idle_timeout bounds each wait for the server (headers, next chunk); llm_timeout
         bounds the whole answer, retries and waits included.
         """
@@ -261,19 +269,35 @@ class OpenAIChat:
                     log.warning("the LLM stream ended without a finish_reason: the answer may be incomplete")
                 break
             except _CAUGHT as exc:
-                if isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc)) and not merge:
-                    merge = True  # another form of the request, not a retry
-                    self._merge_from_now_on("it answered that roles must alternate")
+                if self._dead_connections and isinstance(exc, openai.APIConnectionError) and not yielded:
+                    # llama-cpp-python closes the connection of an empty stream, though it said keep-alive:
+                    # a request sent on it at once (this answer's retry, the caller's trimmed one, another
+                    # turn's) is reset. Not the server failing: once more, on a new connection.
+                    self._dead_connections -= 1
+                    log.info("LLM attempt %d: the connection of an empty stream was reset (%s); once more", attempt, _describe(exc))
                     attempt -= 1
                     continue
+                if isinstance(exc, _EmptyStream):
+                    self._dead_connections += 1
+                if not merge and (_refuses_roles(exc) or (isinstance(exc, _EmptyStream) and not alternates(messages))):
+                    # Another form of the request, not a retry. llama-cpp-python answers a streamed
+                    # request its template refuses with an empty stream, as it does an overlong one:
+                    # the merged form tells the two apart, and is remembered only once it is answered.
+                    merge, guessed = True, isinstance(exc, _EmptyStream)
+                    if guessed:
+                        log.warning("LLM attempt %d failed: %s (%s); trying again with consecutive user messages "
+                                    "merged, in case the chat template wants roles to alternate", attempt, EMPTY, exc)
+                    else:
+                        self._merge_from_now_on("it answered that roles must alternate")
+                    attempt -= 1
+                    continue
+                guessed = guessed and not isinstance(exc, _EmptyStream)  # empty merged too: not the template
                 error = self._error(exc, window, yielded, near_limit, merge)
                 wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
                 log.warning("LLM attempt %d/%d failed: %s (%s); %s",
                             attempt, self.retries + 1, error.reason, _describe(exc), outcome)
                 if wait is None:
                     raise error from exc
-                if isinstance(exc, _EmptyStream) and not merge and not alternates(messages):
-                    merge = guessed = True  # strict templates may fail this way too: try merged
                 await self._sleep(wait)
         if guessed:
             self._merge_from_now_on("it sent an empty stream for unmerged user messages, and answered merged ones")
@@ -298,7 +322,7 @@ class OpenAIChat:
     def _error(self, exc: BaseException, window: float, yielded: bool, near_limit: bool, merged: bool) -> LLMError:
         if isinstance(exc, _EmptyStream):
             return ContextTooLong(TOO_LONG) if near_limit else LLMError(EMPTY, retryable=True)
-        if merged and isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc)):
+        if merged and _refuses_roles(exc):
             return LLMError(UNMERGEABLE)
         if isinstance(exc, asyncio.TimeoutError):  # one of our windows ran out
             if window < self._idle_timeout:

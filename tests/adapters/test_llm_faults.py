@@ -344,6 +344,14 @@ class TestEmptyStream:
         assert type(result.error) is ContextTooLong and result.error.reason == TOO_LONG
         assert len(llm_server.requests) == 1 and waits.slept == []
 
+    async def test_the_callers_trimmed_retry_is_not_lost_to_the_connection_the_empty_stream_left_dead(self, make_llm, llm_server):
+        llm_server.context_window = 3
+        llm = make_llm(retries=0)
+        long = [ChatMessage("user", "@alice: one two three four", "alice")]
+        assert type((await answer(llm, long, near_limit=True)).error) is ContextTooLong
+        assert await answer(llm, HI, near_limit=True) == Answer(["ok"], None)  # at once, on the pooled connection
+        assert len(llm_server.requests) == 2
+
     async def test_an_empty_answer_the_server_finished_is_not_a_failure(self, make_llm, llm_server, caplog):
         llm_server.enqueue([])  # a role chunk, finish_reason "stop" and [DONE]: the model said nothing
         assert await answer(make_llm(), near_limit=True) == Answer([], None)
@@ -371,7 +379,7 @@ class TestAnswerCut:
         assert result.deltas == ["a", "b"] and type(result.error) is AnswerCut
 
     async def test_no_room_left_for_any_answer_is_context_too_long(self, make_llm, llm_server):
-        llm_server.context_window = 1  # "hi" takes it all
+        llm_server.enqueue([], finish_reason="length")
         result = await answer(make_llm())
         assert result.deltas == [] and type(result.error) is ContextTooLong
         assert len(llm_server.requests) == 1
@@ -414,6 +422,21 @@ class TestStrictAlternation:
         assert len(merge_warnings(caplog)) == 1
         assert await answer(llm, TWO_IN_A_ROW) == Answer(["ok"], None)
         assert len(llm_server.requests) == 3
+
+    async def test_near_the_limit_an_empty_stream_for_unmerged_turns_is_first_tried_merged(self, make_llm, llm_server, waits):
+        llm_server.strict_alternation, llm_server.alternation_failure = True, "empty"
+        llm = make_llm()
+        assert await answer(llm, TWO_IN_A_ROW, near_limit=True) == Answer(["ok"], None)  # not ContextTooLong
+        assert [sent_roles(r) for r in llm_server.requests] == [["system", "user", "user"], ["system", "user"]]
+        assert llm.merge_user_turns and waits.slept == []
+
+    async def test_near_the_limit_empty_merged_too_is_context_too_long_and_not_remembered(self, make_llm, llm_server, waits, caplog):
+        llm_server.context_window = 3  # the prompt has 6 words
+        llm = make_llm()
+        result = await answer(llm, TWO_IN_A_ROW, near_limit=True)
+        assert type(result.error) is ContextTooLong
+        assert [sent_roles(r) for r in llm_server.requests] == [["system", "user", "user"], ["system", "user"]]
+        assert not llm.merge_user_turns and merge_warnings(caplog) == [] and waits.slept == []
 
     async def test_an_empty_stream_then_an_answer_does_not_switch_when_nothing_needed_merging(self, make_llm, llm_server, caplog):
         llm_server.enqueue([], empty_stream=True)

@@ -15,14 +15,19 @@ Faults, per scripted reply (``enqueue`` keywords):
                        (not streamed: a 500)
 A stalled reply holds until the client hangs up or the server stops.
 
-What llama.cpp's server does (llama-cpp-python 0.3.36), off by default:
-    context_window=N   prompts over N tokens (words, as in usage) fail: streamed, with 200, event-stream
-                       headers and an empty body (no [DONE]), then the connection closes; not
-                       streamed, with 400 context_length_exceeded. A prompt that fits lowers
-                       max_tokens to what the window leaves.
+What llama.cpp's server does (as measured on llama-cpp-python 0.3.36), off by default:
+    context_window=N   prompts of N tokens or more (words, as in usage) fail: streamed, with 200,
+                       event-stream headers and an empty body (the chunked body just ends: no
+                       chunk, no [DONE]); not streamed, with 400
+                       context_length_exceeded. A prompt that fits lowers max_tokens to what the
+                       window leaves.
     strict_alternation a request whose non-system messages do not go user, assistant, user...
-                       gets a 500 "Conversation roles must alternate ..." (alternation_failure="empty":
-                       a streamed one gets the empty stream instead)
+                       gets a 500 "Conversation roles must alternate ..." (vLLM, non-streamed
+                       llama-cpp-python); alternation_failure="empty": a streamed one gets the empty
+                       stream instead, as llama-cpp-python does
+After an empty stream llama-cpp-python closes the connection (~3 ms later) though its headers said
+keep-alive: a client quick to reuse it has its next request reset. The fake makes the client always
+lose that race: the next request on that connection is reset, unanswered and not recorded.
 A reply with more chunks than max_tokens (a chunk being a token) is cut there, with finish_reason "length".
 
 Random faults for soak tests: ``fail_rate(0.2, seed=1)`` makes about 20% of the
@@ -99,6 +104,7 @@ class FakeOpenAI:
         self._queue: deque[Reply] = deque()
         self._runner: web.AppRunner | None = None
         self._stopping = False
+        self._dead: set[Any] = set()  # transports whose next request is reset (see the module docstring)
         self._fault_rate = 0.0
         self._fault_rng = random.Random(0)
         self._fault_kinds: tuple[int | str, ...] = ()
@@ -202,6 +208,10 @@ class FakeOpenAI:
             await asyncio.sleep(0.01)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        if request.transport in self._dead:
+            self._dead.discard(request.transport)
+            self._abort(request)
+            return web.Response()
         try:
             body = await request.json()
         except ValueError:
@@ -300,7 +310,7 @@ class FakeOpenAI:
             message = "Conversation roles must alternate user/assistant/user/assistant/..."
             return _json_response({"error": {"code": 500, "message": message, "type": "server_error"}}, 500)
         prompt = self._prompt_tokens(body)
-        if self.context_window is None or prompt <= self.context_window:
+        if self.context_window is None or prompt < self.context_window:
             return None
         if body.get("stream"):  # llama.cpp fails only once the 200 and the headers went out
             return await self._empty_stream(request)
@@ -309,13 +319,12 @@ class FakeOpenAI:
         return _json_response({"error": {"message": message, "type": "invalid_request_error",
                                          "param": "messages", "code": "context_length_exceeded"}}, 400)
 
-    @staticmethod
-    async def _empty_stream(request: web.Request) -> web.StreamResponse:
-        """200, event-stream headers, then an empty body (no chunk, no [DONE]) and the connection closed."""
+    async def _empty_stream(self, request: web.Request) -> web.StreamResponse:
+        """200, event-stream headers, then an empty body: no chunk, no [DONE]; the connection is dead."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        resp.force_close()
         await resp.prepare(request)
         await resp.write_eof()
+        self._dead.add(request.transport)
         return resp
 
     def _fit(self, body: dict, reply: Reply) -> Reply:

@@ -33,18 +33,20 @@ WORDS_12 = [{"role": "user", "content": "one two three four five six seven eight
 
 class TestContextWindow:
     async def test_a_streamed_prompt_over_the_window_gets_200_then_an_empty_body(self, llm_server, client):
-        llm_server.context_window = 10
+        llm_server.context_window = 12  # as many as the prompt's words: no room left
         llm_server.enqueue(["kept for the next request"])
         raw = await client.chat.completions.with_raw_response.create(model="m", messages=WORDS_12, stream=True)
         assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
-        assert raw.headers["connection"] == "close"
         assert [chunk async for chunk in raw.parse()] == []  # the SDK just ends: no [DONE], no error
         assert llm_server.pending == 1
 
     async def test_a_scripted_empty_stream_is_the_same_empty_body_once(self, llm_server, client):
         llm_server.enqueue([], empty_stream=True)
         assert await streamed(client, WORDS_12) == ([], None)
+        with pytest.raises(openai.APIConnectionError):  # sent at once on the same, now dead, connection
+            await streamed(client, WORDS_12)
         assert await streamed(client, WORDS_12) == (["ok"], "stop")
+        assert len(llm_server.requests) == 2  # the reset request was never answered
 
     async def test_a_non_streamed_prompt_over_the_window_gets_400_context_length_exceeded(self, llm_server, client):
         llm_server.context_window = 10
