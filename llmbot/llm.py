@@ -274,7 +274,8 @@ class OpenAIChat:
                     # a request sent on it at once (this answer's retry, the caller's trimmed one, another
                     # turn's) is reset. Not the server failing: once more, on a new connection.
                     self._dead_connections -= 1
-                    log.info("LLM attempt %d: the connection of an empty stream was reset (%s); once more", attempt, _describe(exc))
+                    log.info("LLM attempt %d: the connection of an empty stream was reset (%s); once more",
+                             attempt, _describe(exc))
                     attempt -= 1
                     continue
                 if isinstance(exc, _EmptyStream):
