@@ -9,85 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import json
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
-import aiohttp
-import httpx2
 import openai
 
-from .alternation import alternates, is_alternation_error, merge_user_turns
+from .alternation import alternates, merge_user_turns
 from .context import ChatMessage
 from .errors import AnswerCut, ContextTooLong, LLMError
+from .llm_failures import (
+    CAUGHT,
+    CUT,
+    EMPTY,
+    FAILURES,
+    MIDWAY,
+    STALLED,
+    TOO_LONG,
+    TOO_SLOW,
+    UNMERGEABLE,
+    EmptyStream,
+    backoff,
+    describe,
+    refuses_roles,
+    retry_after,
+    translate,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-BACKOFF_BASE = 0.5  # seconds before the first retry, at most (full jitter)
-BACKOFF_CAP = 8.0
-RETRY_AFTER_CAP = 60.0  # a server asking for longer is waited on this long, budget permitting
-
-TOO_SLOW = "the language model took too long to answer"
-STALLED = "the language model stopped answering"
-MIDWAY = "the language model stopped in the middle of the answer"
-EMPTY = "the language model sent no answer"
-TOO_LONG = "the conversation is too long for the model"
-CUT = "the answer reached its length limit (LLMBOT_MAX_REPLY_TOKENS)"
-UNMERGEABLE = "the language model's chat template refused the conversation (roles must alternate), merged or not"
-
-# What a server, or the way to it, can do to a request; only these are translated. httpx2 and aiohttp
-# are the SDK's transport; json: a malformed chunk; OSError takes in TimeoutError and ssl errors.
-FAILURES: tuple[type[Exception], ...] = (
-    openai.APIError, httpx2.HTTPError, aiohttp.ClientError, OSError, UnicodeError, json.JSONDecodeError,
-)
-
-
-class _EmptyStream(Exception):
-    """The event stream ended with no text and no finish_reason: llama.cpp's way to fail after its 200."""
-
-    def __str__(self) -> str:
-        return "HTTP 200, but the event stream ended with no text, no finish_reason and no [DONE]"
-
-
-_CAUGHT: tuple[type[Exception], ...] = (LLMError, _EmptyStream, *FAILURES)
-
-
-def translate(exc: BaseException, model: str) -> LLMError:
-    """Map an LLMError or a FAILURES exception to an LLMError whose reason is safe to post."""
-    if isinstance(exc, LLMError):
-        return exc
-    if isinstance(exc, UnicodeError):  # text that can't be sent as UTF-8: retrying can't help
-        return LLMError("the conversation holds text that cannot be sent to the language model")
-    if isinstance(exc, openai.APIConnectionError) and _refused(exc):
-        # the aiohttp transport reports a refused connection as a connect *timeout*
-        return LLMError("the language model server could not be reached", retryable=True)
-    if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
-        return LLMError("the language model took too long to answer", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return LLMError("the language model server could not be reached", retryable=True)
-    if isinstance(exc, openai.RateLimitError):
-        return LLMError("the language model is rate-limited right now", retryable=True)
-    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return LLMError("the language model server rejected the bot's API key")
-    if isinstance(exc, openai.NotFoundError):
-        return LLMError(f"the language model server does not know the model {model!r}")
-    if isinstance(exc, openai.BadRequestError):
-        text = f"{getattr(exc, 'code', '') or ''} {exc}".lower()
-        if "context_length" in text or "context length" in text or "maximum context" in text or "too many tokens" in text:
-            return ContextTooLong(TOO_LONG)
-        return LLMError("the language model server refused the request")
-    if isinstance(exc, openai.APIStatusError):
-        return LLMError(f"the language model server failed (HTTP {exc.status_code})", retryable=exc.status_code >= 500)
-    if isinstance(exc, json.JSONDecodeError):
-        return LLMError("the language model server sent a malformed answer", retryable=True)
-    return LLMError(MIDWAY, retryable=True)  # the rest of FAILURES: the transport broke mid-way
-
 
 def chunk_text(chunk: object) -> str:
     """The text of one streamed chat.completion.chunk (JSON); "" for anything else."""
@@ -111,64 +63,6 @@ def chunk_finish(chunk: object) -> str | None:
         if isinstance(reason, str) and reason:
             return reason
     return None
-
-
-def retry_after(headers: Mapping[str, str] | None, now: float) -> float | None:
-    """Seconds the server asked us to wait (retry-after-ms, or Retry-After in seconds or as an
-    HTTP date, `now` being the wall clock), within [0, RETRY_AFTER_CAP]; None if it did not say.
-
-    `headers` must look names up case-insensitively, as the SDK's response headers do.
-    """
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            continue
-        if seconds == seconds:  # not NaN
-            return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-    try:
-        when = email.utils.parsedate_to_datetime(headers.get("retry-after") or "")
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC too
-        when = when.replace(tzinfo=UTC)
-    return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_CAP)
-
-
-def backoff(attempt: int, rng: Callable[[], float]) -> float:
-    """The wait after failed attempt number `attempt` (1, 2, ...): exponential with full jitter."""
-    return rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt - 1, 32))
-
-
-def _describe(exc: BaseException) -> str:
-    """The exception's type (and HTTP status) for a log line; never its text, which may echo secrets."""
-    if isinstance(exc, openai.APIStatusError):
-        return f"{type(exc).__name__}, HTTP {exc.status_code}"
-    if isinstance(exc, _EmptyStream):
-        return str(exc)  # our own words
-    return type(exc).__name__
-
-
-def _refuses_roles(exc: BaseException) -> bool:
-    """Is this the error of a chat template that wants user and assistant turns to alternate?"""
-    return isinstance(exc, openai.APIStatusError) and is_alternation_error(str(exc))  # str(): matched, never logged
-
-
-def _refused(exc: BaseException) -> bool:
-    """Does the cause chain hold an OS-level connection failure (refused, unreachable, DNS)?"""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 class OpenAIChat:
@@ -264,27 +158,27 @@ class OpenAIChat:
                     with contextlib.suppress(Exception):  # the answer is complete or already failed
                         await stream.close()
                 if finish is None and not yielded:
-                    raise _EmptyStream()
+                    raise EmptyStream()
                 if finish is None:  # kept: some servers may omit it, but it can hide a cut answer
                     log.warning("the LLM stream ended without a finish_reason: the answer may be incomplete")
                 break
-            except _CAUGHT as exc:
+            except CAUGHT as exc:
                 if self._dead_connections and isinstance(exc, openai.APIConnectionError) and not yielded:
                     # llama-cpp-python closes the connection of an empty stream, though it said keep-alive:
                     # a request sent on it at once (this answer's retry, the caller's trimmed one, another
                     # turn's) is reset. Not the server failing: once more, on a new connection.
                     self._dead_connections -= 1
                     log.info("LLM attempt %d: the connection of an empty stream was reset (%s); once more",
-                             attempt, _describe(exc))
+                             attempt, describe(exc))
                     attempt -= 1
                     continue
-                if isinstance(exc, _EmptyStream):
+                if isinstance(exc, EmptyStream):
                     self._dead_connections += 1
-                if not merge and (_refuses_roles(exc) or (isinstance(exc, _EmptyStream) and not alternates(messages))):
+                if not merge and (refuses_roles(exc) or (isinstance(exc, EmptyStream) and not alternates(messages))):
                     # Another form of the request, not a retry. llama-cpp-python answers a streamed
                     # request its template refuses with an empty stream, as it does an overlong one:
                     # the merged form tells the two apart, and is remembered only once it is answered.
-                    merge, guessed = True, isinstance(exc, _EmptyStream)
+                    merge, guessed = True, isinstance(exc, EmptyStream)
                     if guessed:
                         log.warning("LLM attempt %d failed: %s (%s); trying again with consecutive user messages "
                                     "merged, in case the chat template wants roles to alternate", attempt, EMPTY, exc)
@@ -292,11 +186,11 @@ class OpenAIChat:
                         self._merge_from_now_on("it answered that roles must alternate")
                     attempt -= 1
                     continue
-                guessed = guessed and not isinstance(exc, _EmptyStream)  # empty merged too: not the template
+                guessed = guessed and not isinstance(exc, EmptyStream)  # empty merged too: not the template
                 error = self._error(exc, window, yielded, near_limit, merge)
                 wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
                 log.warning("LLM attempt %d/%d failed: %s (%s); %s",
-                            attempt, self.retries + 1, error.reason, _describe(exc), outcome)
+                            attempt, self.retries + 1, error.reason, describe(exc), outcome)
                 if wait is None:
                     raise error from exc
                 await self._sleep(wait)
@@ -321,9 +215,9 @@ class OpenAIChat:
         return min(self._idle_timeout, left)
 
     def _error(self, exc: BaseException, window: float, yielded: bool, near_limit: bool, merged: bool) -> LLMError:
-        if isinstance(exc, _EmptyStream):
+        if isinstance(exc, EmptyStream):
             return ContextTooLong(TOO_LONG) if near_limit else LLMError(EMPTY, retryable=True)
-        if merged and _refuses_roles(exc):
+        if merged and refuses_roles(exc):
             return LLMError(UNMERGEABLE)
         if isinstance(exc, asyncio.TimeoutError):  # one of our windows ran out
             if window < self._idle_timeout:

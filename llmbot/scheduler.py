@@ -44,6 +44,9 @@ class Scheduler(Generic[J]):
         """Threads with a job queued or running."""
         return len(self._threads)
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     def submit(self, thread_id: str, job: J, *, coalesces: bool = False) -> None:
         """Queue `job` for its thread. A coalescing job right behind another coalescing one is
         dropped: the queued one reads the thread when it starts and so covers this one too."""
@@ -58,11 +61,11 @@ class Scheduler(Generic[J]):
 
     async def _drain_thread(self, thread_id: str, queue: _ThreadQueue[J]) -> None:
         try:
-            while queue.pending and not self._stopping:
+            while queue.pending and not self.stopping():
                 job, _ = queue.pending.popleft()
                 queue.waiting = job
                 async with self._slots:
-                    if self._stopping:
+                    if self.stopping():  # drain() began while this job waited for a slot
                         break  # drain reports it as unstarted
                     queue.waiting = None
                     try:

@@ -18,7 +18,8 @@ import pytest
 
 from llmbot.context import ChatMessage
 from llmbot.errors import AnswerCut, ContextTooLong, LLMError
-from llmbot.llm import CUT, EMPTY, STALLED, TOO_LONG, TOO_SLOW, UNMERGEABLE, OpenAIChat, backoff, retry_after, translate
+from llmbot.llm import OpenAIChat
+from llmbot.llm_failures import CUT, EMPTY, STALLED, TOO_LONG, TOO_SLOW, UNMERGEABLE, backoff, retry_after, translate
 from llmbot.settings import Settings, load_settings
 from tests.fakes import FakeClock
 from tests.loopback.fake_openai import FakeOpenAI
