@@ -91,7 +91,7 @@ class CatchUp:
                     self._want(since)
                     failures += 1
                 if not complete or self._want_since is None:  # (else the next pass follows at once: keep holding)
-                    self.dispatcher.release()
+                    await self.dispatcher.release()
                 if not complete:
                     delay = min(60.0, self.retry_base * 4 * 2**failures)
                     log.warning("catch-up incomplete; trying again in %.1fs", delay)

@@ -102,35 +102,39 @@ class Dispatcher:
         """Everything the websocket delivers comes here: parsed and queued, nothing slower."""
         event = parse_frame(raw)
         if isinstance(event, (Posted, Hello)):
-            await self._queue.put(event)
+            if self._queue.full():
+                await self._queue.put(event)  # the consumer is behind: the socket reader waits
+            else:
+                self._queue.put_nowait(event)
         elif event.malformed:
             log.warning("websocket frame skipped: %s (%d chars)", event.reason, len(raw))
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Called by the catch-up after a pass: route the held posts, in order, behind what is queued."""
-        self._queue.put_nowait(RELEASE)  # unbounded in practice: one marker per pass
+        await self._queue.put(RELEASE)
 
     def hold(self) -> None:
         self._holding = True
 
     # ------------------------------------------------------------------ the consumer
     async def _consume(self) -> None:
+        queue = self._queue
         while True:
-            item = await self._queue.get()
+            item = await queue.get() if queue.empty() else queue.get_nowait()
             try:
-                if isinstance(item, Hello):
+                if isinstance(item, Posted):  # the common case first
+                    await self._live(item)
+                elif isinstance(item, Hello):
                     log.info("websocket connected (%s)", item.connection_id)
                     if self.accepting:
                         self._holding = True  # from here on, posts wait for the gap to be read
                         self._on_hello(self.live_ms)
-                elif isinstance(item, _Release):
-                    await self._release()
                 else:
-                    await self._live(item)
+                    await self._release()
             except Exception:
                 log.exception("event skipped after an unexpected error")
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _live(self, event: Posted) -> None:
         created = event.post.create_at

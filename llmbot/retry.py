@@ -80,15 +80,28 @@ async def with_retries(
     clock, as the per-try bound is an asyncio.timeout."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, not {attempts}")
+    # Nearly every call succeeds at once: that try costs no tenacity machinery (a loop object
+    # per call is tens of microseconds, on every post of every turn).
+    try:
+        return await _one_try(call, what, deadline, clock)
+    except Exception as exc:
+        if not _passing(exc):
+            raise
+        first = exc
+    log.warning("%s failed (try 1 of %d): %s", what, attempts, first)
+    pause = retry_wait(0, first, base, rng)
+    if attempts == 1 or (deadline is not None and clock() + pause >= deadline):
+        raise first
+    await sleep(pause)
 
     def wait(state: RetryCallState) -> float:
-        return retry_wait(state.attempt_number - 1, _failure(state), base, rng)
+        return retry_wait(state.attempt_number, _failure(state), base, rng)
 
     def log_failure(state: RetryCallState) -> None:
-        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number, attempts, _failure(state))
+        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number + 1, attempts, _failure(state))
 
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(attempts) | _NoTimeLeft(deadline, clock),
+        stop=stop_after_attempt(attempts - 1) | _NoTimeLeft(deadline, clock),
         wait=wait,
         retry=retry_if_exception(_passing),
         after=log_failure,

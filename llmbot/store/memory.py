@@ -26,8 +26,12 @@ class MemoryStore:
         self._bindings: TLRUCache[str, Binding] = TLRUCache(
             maxsize=maxsize, ttu=lambda _key, binding, _now: binding.last_activity + ttl, timer=timer
         )
-        # user id -> {thread id: None}; an entry lives as long as the user's newest conversation could
-        self._opened: TTLCache[str, dict[str, None]] = TTLCache(maxsize=MAX_USERS, ttl=ttl, timer=timer)
+        # user id -> thread ids they opened, least recently active first. A plain dict of short lists
+        # (a TTLCache costs 3x the bytes): ended threads leave it when read, expired ones in a sweep
+        # once it has grown by as many entries as it held, so it stays within twice the live ones.
+        self._opened: dict[str, list[str]] = {}
+        self._opened_entries = 0
+        self._sweep_at = 1024
         self._claims: TTLCache[str, bool] = TTLCache(maxsize=MAX_CLAIMS, ttl=CLAIM_TTL, timer=timer)
         self._starts: TTLCache[str, list[float]] = TTLCache(maxsize=MAX_USERS, ttl=3600.0, timer=timer)
         self._notices: dict[float, TTLCache[str, bool]] = {}
@@ -41,11 +45,26 @@ class MemoryStore:
     async def bind(self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0) -> Binding:
         binding = Binding(handler, started_by, conversation, self._timer() - idle)
         self._bindings[thread_id] = binding
-        threads = self._opened.get(started_by) or {}
-        threads.pop(thread_id, None)
-        threads[thread_id] = None
-        self._opened[started_by] = threads  # re-setting restarts the entry's TTL
+        threads = self._opened.setdefault(started_by, [])
+        if thread_id in threads:
+            threads.remove(thread_id)
+        else:
+            self._opened_entries += 1
+        threads.append(thread_id)
+        if self._opened_entries >= self._sweep_at:
+            self._sweep()
         return binding
+
+    def _sweep(self) -> None:
+        """Drop index entries whose conversation ended or expired."""
+        for user in list(self._opened):
+            threads = [t for t in self._opened[user] if (b := self._bindings.get(t)) is not None and b.started_by == user]
+            if threads:
+                self._opened[user] = threads
+            else:
+                del self._opened[user]
+        self._opened_entries = sum(len(t) for t in self._opened.values())
+        self._sweep_at = max(1024, 2 * self._opened_entries)
 
     async def touch(self, thread_id: str) -> Binding | None:
         old = self._bindings.get(thread_id)
@@ -54,10 +73,9 @@ class MemoryStore:
         new = Binding(old.handler, old.started_by, old.conversation, self._timer())
         self._bindings[thread_id] = new  # re-setting an item restarts its TTL
         threads = self._opened.get(old.started_by)
-        if threads is not None:
-            threads.pop(thread_id, None)
-            threads[thread_id] = None  # most recent last: the order ties are broken by
-            self._opened[old.started_by] = threads
+        if threads is not None and thread_id in threads:
+            threads.remove(thread_id)  # (a few items: at most the user's open conversations)
+            threads.append(thread_id)  # most recent last: the order equal times keep
         return new
 
     async def unbind(self, thread_id: str) -> bool:
@@ -68,14 +86,15 @@ class MemoryStore:
         if not threads:
             return []
         live: list[tuple[str, float]] = []
-        for thread_id in list(threads):
+        for thread_id in threads:
             binding = self._bindings.get(thread_id)
-            if binding is None or binding.started_by != user_id:
-                del threads[thread_id]  # ended or expired since
-            else:
+            if binding is not None and binding.started_by == user_id:
                 live.append((thread_id, binding.last_activity))
-        if not threads:
-            self._opened.pop(user_id, None)
+        self._opened_entries -= len(threads) - len(live)  # ended or expired since: forgotten
+        if live:
+            self._opened[user_id] = [t for t, _ in live]
+        else:
+            del self._opened[user_id]
         live.sort(key=lambda item: item[1])  # stable: equal times keep the order of activity
         return live
 

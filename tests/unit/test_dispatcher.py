@@ -237,7 +237,7 @@ class TestHolding:
         assert world.routed() == [(before["id"], "Start")]
         assert world.dispatcher.live_ms == behind["create_at"]
 
-        world.dispatcher.release()
+        await world.dispatcher.release()
         await within(world.dispatcher.idle())
 
         assert world.routed() == [(before["id"], "Start"), (behind["id"], "Start")]
@@ -248,7 +248,7 @@ class TestHolding:
         await world.send(hello_frame(), posted_frame(question), posted_frame(first))
         await world.send(posted_frame(second))  # the catch-up is still running: held too
 
-        world.dispatcher.release()
+        await world.dispatcher.release()
         await world.send(posted_frame(third))  # live, right after the release
 
         # Out of order, the follow-ups would come before the call that bound the thread and be ignored.
@@ -265,7 +265,7 @@ class TestHolding:
 
         assert world.dispatcher.overflow_ms == posts[2]["create_at"]  # the oldest one not held
 
-        world.dispatcher.release()
+        await world.dispatcher.release()
         await within(world.dispatcher.idle())
         assert world.routed() == [(posts[0]["id"], "Start"), (posts[1]["id"], "Start")]
 
@@ -280,7 +280,7 @@ class TestHolding:
         await world.send(hello_frame(), posted_frame(question))
 
         world.dispatcher.accepting = False
-        world.dispatcher.release()
+        await world.dispatcher.release()
         await within(world.dispatcher.idle())
 
         assert world.routed() == []

@@ -176,11 +176,13 @@ class TestOpenedBy:
         assert await store.opened_by(ALICE) == []
 
     async def test_the_index_forgets_users_whose_conversations_all_expired(self, store: MemoryStore, clock: FakeClock) -> None:
-        for i in range(100):
-            await store.bind(f"t{i}", "chat", f"user{i}", f"t{i}")
+        for i in range(1000):
+            await store.bind(f"old{i}", "chat", f"gone{i}", f"old{i}")
         clock.advance(TTL + 1)
-        await store.bind("fresh", "chat", ALICE, "fresh")
-        assert len(store._opened) == 1  # the index expires with the bindings: no growth without bound
+        for i in range(1100):  # the index sweeps itself as it grows: the expired users go
+            await store.bind(f"new{i}", "chat", f"here{i}", f"new{i}")
+        assert len(store._opened) == 1100
+        assert not any(user.startswith("gone") for user in store._opened)
 
 
 class TestClaims:
