@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .creates import Create, IdempotentCreator, new_pending_id
 from .errors import AnswerCut, ChatError, ContextTooLong, LLMError, TurnAborted
 from .ports import ChatAPI
-from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for
+from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for, same_post
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 
@@ -117,12 +117,35 @@ class ReplyWriter:
         log.info("thread %s: %s posted (answers post %s)", self.thread_id, kind, self.answers)
 
     async def notice(self, message: str, cause: str) -> None:
-        """Best effort: a short notice in the thread, and always a log line with its cause."""
+        """Best effort: a short notice in the thread, and always a log line with its cause. When a
+        page's create went out and its answer never came back, the page may exist: found, it is
+        brought up to date instead, and no notice stands beside it."""
         log.warning("thread %s: notice (%s): %s", self.thread_id, cause, message)
+        if await self._adopt_lost_pages() and await self.deliver():
+            log.info("thread %s: the answer's posts were found after all; no notice needed", self.thread_id)
+            return
         try:
             await self.post(message, KIND_NOTICE)
         except ChatError as exc:
             log.warning("thread %s: notice not posted: %s", self.thread_id, exc)
+
+    async def _adopt_lost_pages(self) -> bool:
+        """Find the posts of pages whose create went out unconfirmed; True if any was found."""
+        if len(self._creates) <= len(self.posted):
+            return False
+        try:
+            thread = await self.retrying(lambda: self.chat.get_thread(self.thread_id), f"thread {self.thread_id}: reading it", 2)
+        except ChatError:
+            return False
+        found = False
+        for page in range(len(self.posted), len(self._creates)):
+            props = self._props(KIND_ANSWER, page)
+            post = next((p for p in thread.posts if p.user_id == self.where.me_id and same_post(props, p)), None)
+            if post is None:
+                break
+            self.posted.append((post.id, post.message))  # what it shows; the next sync patches it
+            found = True
+        return found
 
     async def fail(self, message: str, cause: str) -> None:
         """The answer can't be finished: say so under the partial text (one post, not two), or

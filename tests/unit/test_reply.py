@@ -182,6 +182,22 @@ class TestIdempotentCreates:
         assert [p.message for p in posts] == ["Hello"]
         assert len(chat.calls_of("get_thread")) == 1
 
+    async def test_an_answer_whose_create_was_lost_and_every_retry_failed_is_found_not_joined_by_a_notice(
+        self, writer: ReplyWriter, chat: FakeChat, llm: FakeLLM, root: Post
+    ) -> None:
+        # found by bench_faults: the first create made its post, its answer was lost, the retries
+        # all failed, and a "could not post" notice then stood beside the answer's own post
+        reply = llm.enqueue(["Hel", "lo"], hold_at=1)
+        chat.lose_next_create()
+        task = asyncio.create_task(writer.stream(answer_of(llm)))
+        await chat.until_calls("create_post", 1)
+        chat.fail_next("create_post", ChatUnavailable("Mattermost answered 503"), times=5)
+        reply.release()
+        await within(task)
+
+        assert [p.message for p in chat.bot_posts(root.id)] == ["Hello"]
+        assert chat.notices(root.id) == []
+
     async def test_a_lost_closing_post_finished_after_the_window_is_not_doubled(
         self, writer: ReplyWriter, chat: FakeChat, clock: FakeClock, root: Post
     ) -> None:
