@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
-from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
+from tests.loopback.fake_mattermost import FakeMattermost
+from tests.loopback.fake_openai import FakeOpenAI
 
 ANSWER = ["Here is", " the answer", " to your question."]
 FINAL = "".join(ANSWER)

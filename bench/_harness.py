@@ -32,10 +32,10 @@ from llmbot.app import Bot  # noqa: E402
 from llmbot.logs import configure_logging  # noqa: E402
 from llmbot.settings import Settings  # noqa: E402
 from llmbot.store import Store  # noqa: E402
-from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
-from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
 from tests.fakes import bot_for  # noqa: E402
 from tests.fakes import settings_for as fake_settings  # noqa: E402
+from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
+from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
 
 __all__ = [
     "ROOT", "Bench", "FakeMattermost", "FakeOpenAI", "Row", "bot_replies", "quiet_logging", "report",

@@ -7,6 +7,7 @@ Counts the PATCHes FakeMattermost recorded on the reply post (FakeMattermost.edi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from _harness import Row, bot_replies, report, run, running_bot
@@ -19,7 +20,7 @@ TARGET_PER_S = 1.0
 def answer_chunks() -> list[str]:
     words = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
     chunks = [words[i % len(words)] for i in range(CHUNKS - 1)]
-    return chunks + [" Done."]
+    return [*chunks, " Done."]
 
 
 async def main() -> None:
@@ -45,7 +46,7 @@ async def main() -> None:
         complete = bool(replies) and replies[-1]["message"] == final
 
     times = [t for _, _, t in edits]
-    gaps = [b2 - a for a, b2 in zip(times, times[1:])]
+    gaps = [b2 - a for a, b2 in itertools.pairwise(times)]
     start = created_at if created_at is not None else (times[0] if times else 0.0)
     duration = (times[-1] - start) if times else 0.0
     rate = len(edits) / duration if duration > 0 else float("inf") if edits else 0.0
@@ -57,8 +58,10 @@ async def main() -> None:
         f"edits per streamed reply: {CHUNKS} chunks {DELAY:.2f} s apart (~{(CHUNKS - 1) * DELAY:.1f} s stream)",
         [
             Row("edits (PATCH) per second over the stream", f"{rate:.2f} /s", f"<= {TARGET_PER_S:g} /s", rate <= TARGET_PER_S),
-            Row("strict reading: edits in the busiest 1-second window", str(window_max), f"<= {TARGET_PER_S:g}", window_max <= TARGET_PER_S),
-            Row("strict reading: minimum gap between consecutive edits", gap_text, f">= {1 / TARGET_PER_S:g} s", bool(gaps) and min(gaps) >= 1 / TARGET_PER_S),
+            Row("strict reading: edits in the busiest 1-second window", str(window_max), f"<= {TARGET_PER_S:g}",
+                window_max <= TARGET_PER_S),
+            Row("strict reading: minimum gap between consecutive edits", gap_text, f">= {1 / TARGET_PER_S:g} s",
+                bool(gaps) and min(gaps) >= 1 / TARGET_PER_S),
             Row("edits on the reply", str(len(edits))),
             Row("stream duration (reply created -> last edit)", f"{duration:.3f} s"),
             Row("reply created -> first edit", create_to_first),
