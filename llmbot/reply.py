@@ -199,7 +199,9 @@ class ReplyWriter:
         if not self.has_text:
             await self.notice("⚠️ The language model returned an empty answer. Please rephrase or try again.", "empty answer")
             return
-        if not await self.deliver():
+        # The answer is all there: its last update gets twice the tries (within the turn's deadline)
+        # before a notice would have to stand beside a post that shows only part of it.
+        if not await self.deliver(2 * ATTEMPTS):
             await self.notice(
                 "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", "delivery failed"
             )
@@ -247,10 +249,10 @@ class ReplyWriter:
             return False
         return True
 
-    async def deliver(self) -> bool:
+    async def deliver(self, attempts: int = ATTEMPTS) -> bool:
         """sync until it succeeds, with backoff (429s wait as asked); False when it gives up."""
         try:
-            await self.retrying(self.sync, f"thread {self.thread_id}: posting the answer")
+            await self.retrying(self.sync, f"thread {self.thread_id}: posting the answer", attempts)
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} cannot be answered: {exc}") from exc
         except ChatError:

@@ -312,9 +312,9 @@ class TestMattermostFaults:
 
     async def test_a_reply_that_cannot_be_posted_gets_a_notice_instead(self, start_bot, world, mm, llm_server):
         run = await start_bot()
-        mm.fail_next("POST", r"/api/v4/posts$", 500, times=1 + ATTEMPTS)  # the first show, then every final try
+        mm.fail_next("POST", r"/api/v4/posts$", 500, times=1 + 2 * ATTEMPTS)  # the first show, then every final try
         post = await mm.post_as(world.alice, world.town, "gpt hello")
-        (notice,) = await run.wait_replies(post["id"], 1)
+        (notice,) = await run.wait_replies(post["id"], 1, timeout=30)  # ten tries, backing off
         assert notice["props"][PROP_KIND] == KIND_NOTICE
         assert "Mattermost returned an error" in notice["message"]
 

@@ -15,6 +15,7 @@ from llmbot.creates import PENDING_WINDOW
 from llmbot.errors import AnswerCut, ChatUnavailable, ContextTooLong, LLMError
 from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_KIND, PROP_PAGE, STATUS_LINE
 from llmbot.reply import INTERRUPTED_NOTICE, ReplyWriter, Where
+from llmbot.retry import ATTEMPTS
 from llmbot.streaming import MAX_POST_RUNES
 from llmbot.thread import Post
 
@@ -256,7 +257,7 @@ async def _llm_error_before_text(writer: ReplyWriter, chat: FakeChat, llm: FakeL
 
 async def _delivery_failed(writer: ReplyWriter, chat: FakeChat, llm: FakeLLM) -> str:
     llm.enqueue(["Hello"])
-    chat.fail_next("create_post", ChatUnavailable("502 Bad Gateway"), times=6)  # the first flush and every retry
+    chat.fail_next("create_post", ChatUnavailable("502 Bad Gateway"), times=1 + 2 * ATTEMPTS)  # the first flush and every retry of the last update
     await writer.stream(answer_of(llm))
     return "delivery failed"
 
