@@ -55,8 +55,9 @@ class IdempotentCreator:
         if create.first_try is None:
             create.first_try = now
         elif now - create.first_try >= PENDING_WINDOW:
-            earlier = await self._find(props)
-            if earlier is not None:
+            found = await self.find([props])
+            if found:
+                earlier = found[0]
                 log.info("thread %s: a lost create had made post %s; reusing it", self.thread_id, earlier.id)
                 if earlier.message != message:
                     await self.chat.patch_post(earlier.id, message)
@@ -68,9 +69,13 @@ class IdempotentCreator:
             await self.chat.patch_post(post.id, message)
         return post
 
-    async def _find(self, props: dict[str, Any]) -> Post | None:
-        thread = await self.chat.get_thread(self.thread_id)
-        for post in thread.posts:
-            if post.user_id == self.me_id and same_post(props, post):
-                return post
-        return None
+    async def find(self, wanted: list[dict[str, Any]]) -> list[Post]:
+        """The posts of the bot's that creates with these props made, in order, up to the first missing."""
+        mine = [p for p in (await self.chat.get_thread(self.thread_id)).posts if p.user_id == self.me_id]
+        found: list[Post] = []
+        for props in wanted:
+            post = next((p for p in mine if same_post(props, p)), None)
+            if post is None:
+                break
+            found.append(post)
+        return found

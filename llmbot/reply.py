@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .creates import Create, IdempotentCreator, new_pending_id
 from .errors import AnswerCut, ChatError, ContextTooLong, LLMError, TurnAborted
 from .ports import ChatAPI
-from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for, same_post
+from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 
@@ -133,19 +133,13 @@ class ReplyWriter:
         """Find the posts of pages whose create went out unconfirmed; True if any was found."""
         if len(self._creates) <= len(self.posted):
             return False
+        wanted = [self._props(KIND_ANSWER, page) for page in range(len(self.posted), len(self._creates))]
         try:
-            thread = await self.retrying(lambda: self.chat.get_thread(self.thread_id), f"thread {self.thread_id}: reading it", 2)
+            found = await self.retrying(lambda: self._creator.find(wanted), f"thread {self.thread_id}: reading it", 2)
         except ChatError:
             return False
-        found = False
-        for page in range(len(self.posted), len(self._creates)):
-            props = self._props(KIND_ANSWER, page)
-            post = next((p for p in thread.posts if p.user_id == self.where.me_id and same_post(props, p)), None)
-            if post is None:
-                break
-            self.posted.append((post.id, post.message))  # what it shows; the next sync patches it
-            found = True
-        return found
+        self.posted.extend((post.id, post.message) for post in found)  # what they show; the next sync patches them
+        return bool(found)
 
     async def fail(self, message: str, cause: str) -> None:
         """The answer can't be finished: say so under the partial text (one post, not two), or
