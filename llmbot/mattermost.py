@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -172,6 +172,31 @@ class MattermostChat:
         else:
             log.warning("thread %s has more than %d posts; reading only the first ones", root_id, THREAD_PAGE * MAX_THREAD_PAGES)
         return thread_from_posts(root_id, posts)
+
+    async def recent_thread(self, root_id: str, enough: Callable[[Sequence[Post]], bool]) -> Thread:
+        """The root and the newest posts of a thread, read newest first until `enough(replies)`
+        (newest first) says so: a turn in a 2,000-post thread reads one page, not ten."""
+        root: Post | None = None
+        replies: list[Post] = []  # newest first
+        cursor: tuple[str, int] | None = None
+        for _ in range(MAX_THREAD_PAGES):
+            data = await self._call(
+                "thread",
+                self._driver.posts.get_post_thread(
+                    root_id, perPage=THREAD_PAGE, fromPost=cursor[0] if cursor else None,
+                    fromCreateAt=cursor[1] if cursor else None, direction="up",
+                ),
+            )
+            page = posts_from_post_list(data)
+            root = root or next((p for p in page if p.id == root_id), None)
+            older = sorted((p for p in page if p.id != root_id), key=lambda p: (p.create_at, p.id), reverse=True)
+            replies.extend(older)
+            if not (isinstance(data, dict) and data.get("has_next") is True) or not older or enough(replies):
+                break
+            if (older[-1].id, older[-1].create_at) == cursor:
+                break  # no progress: never loop on a confused server
+            cursor = (older[-1].id, older[-1].create_at)
+        return thread_from_posts(root_id, [root, *replies] if root is not None else replies)
 
     def remember_name(self, user_id: str, username: str) -> None:
         if user_id and username:

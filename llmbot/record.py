@@ -7,6 +7,7 @@ Each post of the bot carries:
     llmbot_answers       the id of the newest human post it took into account
     llmbot_conversation  the id of the post that opened the conversation it belongs to
     llmbot_page          for answers, which page of a long answer it is (0, 1, ...)
+    llmbot_turn          for answers and notices, which turn of its conversation it is (1, 2, ...)
 
 From those alone the bot rebuilds, after a restart or a socket gap, which conversations are
 live, which human posts still wait for an answer and how many turns a conversation took.
@@ -25,6 +26,7 @@ PROP_KIND = "llmbot_kind"
 PROP_ANSWERS = "llmbot_answers"
 PROP_CONVERSATION = "llmbot_conversation"
 PROP_PAGE = "llmbot_page"
+PROP_TURN = "llmbot_turn"
 
 KIND_ANSWER = "answer"
 KIND_NOTICE = "notice"
@@ -42,13 +44,17 @@ CLOSING_KINDS = (KIND_END, KIND_USAGE, KIND_REFUSAL)
 _TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)
 
 
-def props_for(handler: str, kind: str, answers: str, conversation: str = "", page: int | None = None) -> dict[str, Any]:
+def props_for(
+    handler: str, kind: str, answers: str, conversation: str = "", page: int | None = None, turn: int | None = None
+) -> dict[str, Any]:
     """The props of one post of the bot's."""
     props: dict[str, Any] = {PROP_HANDLER: handler, PROP_KIND: kind, PROP_ANSWERS: answers}
     if conversation:
         props[PROP_CONVERSATION] = conversation
     if page is not None:
         props[PROP_PAGE] = page
+    if turn is not None:
+        props[PROP_TURN] = turn
     return props
 
 
@@ -106,13 +112,18 @@ def turns_in_conversation(thread: Thread, me_id: str, conversation: str) -> int:
     A turn is one human post the bot answered (or failed to answer: a notice used a turn too),
     so the pages of one answer, and an answer plus the notice that cut it short, count once.
     Only posts recorded with this conversation count: a new call starts at 0 whatever the bot
-    posted in the thread before, unmarked posts included.
+    posted in the thread before, unmarked posts included. `thread` may hold only the newest posts:
+    each answer records its turn number, so the newest one tells how many came before.
     """
     answered: set[str] = set()
+    recorded = 0
     for post in thread.posts:
         if post.user_id == me_id and conversation_of(post) == conversation and kind_of(post) in _TURN_KINDS:
             answered.add(text_or_empty(post.props.get(PROP_ANSWERS)) or post.id)
-    return len(answered)
+            turn = post.props.get(PROP_TURN)
+            if isinstance(turn, int) and not isinstance(turn, bool):
+                recorded = max(recorded, turn)
+    return max(len(answered), recorded)
 
 
 def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl_seconds: float) -> Recovered | None:

@@ -75,6 +75,7 @@ class ReplyWriter:
         # on its way: a shutdown then finishes that post rather than adding another.
         self.closing: tuple[str, str, Create] | None = None
         self.closed = False  # the closing post was made
+        self.turn: int | None = None  # which turn of its conversation this is, once the handler knows
         self._creator = IdempotentCreator(chat, where.channel_id, where.thread_id, where.me_id, clock)
 
     # ------------------------------------------------------------------ state
@@ -93,7 +94,8 @@ class ReplyWriter:
 
     def _props(self, kind: str, page: int | None = None) -> dict[str, Any]:
         w = self.where
-        return props_for(w.handler, kind, self.answers, w.conversation, page)
+        turn = self.turn if kind in (KIND_ANSWER, KIND_NOTICE) else None
+        return props_for(w.handler, kind, self.answers, w.conversation, page, turn)
 
     async def retrying(self, call: Callable[[], Awaitable[T]], what: str, attempts: int = ATTEMPTS) -> T:
         """A Mattermost call retried within the turn's deadline."""

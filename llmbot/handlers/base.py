@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,10 +43,17 @@ class Turn:
     def channel_id(self) -> str:
         return self.event.post.channel_id
 
-    async def read_thread(self) -> Thread | None:
-        """The thread, read again after passing failures; None (and a notice) when it can't be."""
+    async def read_thread(self, enough: Callable[[Sequence[Post]], bool] | None = None) -> Thread | None:
+        """The thread, read again after passing failures; None (and a notice) when it can't be.
+        With `enough`, only its root and newest posts: read newest first until enough(replies)."""
+
+        def read() -> Awaitable[Thread]:
+            if enough is None:
+                return self.chat.get_thread(self.thread_id)
+            return self.chat.recent_thread(self.thread_id, enough)
+
         try:
-            return await self.reply.retrying(lambda: self.chat.get_thread(self.thread_id), f"thread {self.thread_id}: reading it")
+            return await self.reply.retrying(read, f"thread {self.thread_id}: reading it")
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} cannot be read: {exc}") from exc
         except ChatError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from ..context import Speaker, build_messages, participants
@@ -12,7 +12,7 @@ from ..ports import LLMClient
 from ..prompts import PromptTemplate
 from ..record import KIND_END, KIND_REFUSAL, KIND_USAGE, already_answered, newest_human_post, turns_in_conversation
 from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
-from ..thread import Thread
+from ..thread import Post, Thread
 from ..tokens import Tokenizer
 from ..triggers import trigger_word
 from .base import Turn
@@ -75,7 +75,7 @@ class ChatHandler:
     async def answer(self, turn: Turn, *, known_thread: bool = False) -> None:
         reply = turn.reply
         async with reply.typing() as stop_typing:
-            thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await turn.read_thread()
+            thread = Thread(turn.thread_id, (turn.post,)) if known_thread else await turn.read_thread(self._enough)
             if thread is None:
                 return
             names = await turn.usernames(thread.user_ids())
@@ -84,7 +84,9 @@ class ChatHandler:
                 log.info("thread %s: nothing new to answer", turn.thread_id)
                 return
             reply.answers = newest.id
-            if self.max_turns and turns_in_conversation(thread, self.speaker.user_id, turn.conversation) >= self.max_turns:
+            taken = turns_in_conversation(thread, self.speaker.user_id, turn.conversation)
+            reply.turn = taken + 1
+            if self.max_turns and taken >= self.max_turns:
                 await reply.post(
                     f"This conversation has reached its limit of {self.max_turns} answers, so I'm leaving it here. "
                     f"Start a new one with `{self.call_word()}` whenever you like.",
@@ -109,6 +111,10 @@ class ChatHandler:
                         return
                     budget //= 4  # the server's limit is below ours: cut hard, once
                     log.info("thread %s: context too long for the model; retrying with %d tokens", turn.thread_id, budget)
+
+    def _enough(self, replies: Sequence[Post]) -> bool:
+        """Newest posts enough to fill the context budget (the root is always read too)."""
+        return sum(self.tokenizer.count_message(p.message) for p in replies) >= self.context_tokens
 
     def _system_text(self, turn: Turn, thread: Thread, names: dict[str, str]) -> str:
         people = participants(thread, self.speaker, names)

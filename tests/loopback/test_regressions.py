@@ -86,6 +86,7 @@ class TestTheTurnCapCountsTheCurrentConversationOnly:
         await mm.post_as(world.bob, world.town, "bye", root_id=root["id"])
         replies = await run.wait_replies(root["id"], 3)
         assert {p["props"][PROP_CONVERSATION] for p in replies} == {root["id"]}
+        assert [p["props"].get("llmbot_turn") for p in replies] == [1, 2, None]  # answers count their turn; goodbyes do not
 
 
 class TestRecovery:

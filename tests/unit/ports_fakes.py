@@ -177,6 +177,13 @@ class FakeChat:
             raise ChatNotFound(f"post {root_id} not found")
         return thread_from_posts(root_id, self.thread_posts(root_id))
 
+    async def recent_thread(self, root_id: str, enough: Callable[[Sequence[Post]], bool]) -> Thread:
+        """The root and the newest replies, newest first until `enough` (all at once: no pages here)."""
+        await self._enter("recent_thread", root_id)
+        if root_id not in self.posts:
+            raise ChatNotFound(f"post {root_id} not found")
+        return thread_from_posts(root_id, self.thread_posts(root_id))
+
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
         ids = set(user_ids)
         await self._enter("usernames", ids)

@@ -17,6 +17,7 @@ from llmbot.record import (
     PROP_CONVERSATION,
     PROP_HANDLER,
     PROP_KIND,
+    PROP_TURN,
     conversation_state,
     threads_of,
     turns_in_conversation,
@@ -179,6 +180,21 @@ class TestTurns:
     def test_other_authors_with_llmbot_props_are_not_turns(self) -> None:
         forged = Post("f", "chan", BOB, ROOT, "x", 2, props=MappingProxyType({PROP_KIND: KIND_ANSWER, PROP_CONVERSATION: ROOT}))
         assert turns_in_conversation(thread(human(ROOT, 1), forged), ME, ROOT) == 0
+
+
+class TestTurnsOnAPartialThread:
+    def test_the_newest_recorded_turn_number_counts_the_turns_no_longer_read(self) -> None:
+        # only the newest posts were read (a long thread): the answer says it was turn 7
+        props = {PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER, PROP_ANSWERS: "h7", PROP_CONVERSATION: ROOT, PROP_TURN: 7}
+        answer = Post("a7", "chan", ME, ROOT, "answer", 20, props=MappingProxyType({**props, "from_bot": "true"}))
+        t = thread(human(ROOT, 1), human("h7", 19), answer, human("h8", 21))
+        assert turns_in_conversation(t, ME, ROOT) == 7
+        assert turns_in_conversation(t, ME, "another-conversation") == 0
+
+    def test_a_forged_or_odd_turn_number_is_ignored(self) -> None:
+        props = {PROP_HANDLER: "gpt", PROP_KIND: KIND_ANSWER, PROP_ANSWERS: ROOT, PROP_CONVERSATION: ROOT, PROP_TURN: True}
+        answer = Post("a", "chan", ME, ROOT, "answer", 2, props=MappingProxyType(props))
+        assert turns_in_conversation(thread(human(ROOT, 1), answer), ME, ROOT) == 1
 
 
 class TestConversationIds:

@@ -212,7 +212,7 @@ class TestUnbinding:
     async def test_a_deleted_root_aborts_the_turn_and_unbinds_the_thread_without_a_post(self, world: World) -> None:
         await world.store.bind(world.root.id, "gpt", ALICE_ID, world.root.id)
         follow_up = world.chat.seed("and of Italy?", root_id=world.root.id)
-        world.chat.fail_next("get_thread", ChatNotFound("the root post was deleted"))
+        world.chat.fail_next("recent_thread", ChatNotFound("the root post was deleted"))
 
         await within(world.runner(chat_handler(world.llm)).run(world.job(Continue("gpt"), follow_up)))
 
