@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
 
 from .errors import ChatError
 from .events import Hello, Posted, parse_frame
@@ -32,10 +31,10 @@ TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failur
 
 
 class _Release:
-    """Queue marker: the catch-up pass is over, route what was held."""
+    """Queue marker: the catch-up pass is over, route what was held; `done` once it was."""
 
-
-RELEASE: Final = _Release()
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
 
 
 class Dispatcher:
@@ -110,8 +109,11 @@ class Dispatcher:
             log.warning("websocket frame skipped: %s (%d chars)", event.reason, len(raw))
 
     async def release(self) -> None:
-        """Called by the catch-up after a pass: route the held posts, in order, behind what is queued."""
-        await self._queue.put(RELEASE)
+        """Called by the catch-up after a pass: route the held posts, in order, behind what is
+        queued; returns once they were, so a next pass cannot start holding before that."""
+        marker = _Release()
+        await self._queue.put(marker)
+        await marker.done.wait()
 
     def hold(self) -> None:
         self._holding = True
@@ -130,7 +132,10 @@ class Dispatcher:
                         self._holding = True  # from here on, posts wait for the gap to be read
                         self._on_hello(self.live_ms)
                 else:
-                    await self._release()
+                    try:
+                        await self._release()
+                    finally:
+                        item.done.set()
             except Exception:
                 log.exception("event skipped after an unexpected error")
             finally:
@@ -143,10 +148,13 @@ class Dispatcher:
             return
         if not self._holding:
             await self.dispatch(event)
-        elif len(self._held) < MAX_HELD:
+        elif self.overflow_ms is None and len(self._held) < MAX_HELD:
             self._held.append(event)
-        else:  # too many to hold: the next catch-up reads them again, in order
-            self.overflow_ms = created if self.overflow_ms is None else min(self.overflow_ms, created)
+        else:  # too many to hold: all of them are read again over REST, in order, by the next pass
+            if self.overflow_ms is None:
+                self.overflow_ms = self._held[0].post.create_at if self._held else created
+                self._held.clear()
+            self.overflow_ms = min(self.overflow_ms, created)
 
     async def _release(self) -> None:
         self._holding = False

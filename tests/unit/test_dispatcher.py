@@ -256,21 +256,21 @@ class TestHolding:
             (question["id"], "Start"), (first["id"], "Continue"), (second["id"], "Continue"), (third["id"], "Continue"),
         ]
 
-    async def test_past_max_held_live_posts_are_left_for_the_catch_up_to_read_again(
+    async def test_past_max_held_every_held_post_is_left_for_the_catch_up_to_read_again_in_order(
         self, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(dispatcher_module, "MAX_HELD", 2)
         posts = [root(f"gpt question {i}") for i in range(4)]
         await world.send(hello_frame(), *(posted_frame(p) for p in posts))
 
-        assert world.dispatcher.overflow_ms == posts[2]["create_at"]  # the oldest one not held
+        assert world.dispatcher.overflow_ms == posts[0]["create_at"]  # from the oldest one held
 
         await world.dispatcher.release()
         await within(world.dispatcher.idle())
-        assert world.routed() == [(posts[0]["id"], "Start"), (posts[1]["id"], "Start")]
+        assert world.routed() == []  # none taken live: the newer ones would overtake the older ones
 
-        # The catch-up reads them again from overflow_ms; they were never claimed, so they are taken now.
-        for post in posts[2:]:
+        # The catch-up reads them all again from overflow_ms, in order; none was claimed, so all are taken now.
+        for post in posts:
             assert await world.dispatcher.dispatch(event_of(post), replayed=True) is True
         assert [post_id for post_id, _ in world.routed()] == [p["id"] for p in posts]
         assert world.job_for(posts[3]["id"]).replayed
