@@ -13,6 +13,7 @@
      ├── LLMError             the LLM server failed; `reason` is safe to show users
      │    ├── ContextTooLong      the prompt did not fit the model's window
      │    └── AnswerCut           raised after all the text: the server stopped the answer at its length limit
+     ├── StateError           a handler's state is not a JSON object or is over 32 KB (a bug in the handler)
      └── TurnAborted          the thread can no longer be answered (its root was deleted): unbind it
           └── ConversationOver    the handler ended the conversation itself (e.g. the turn cap)
 """
@@ -98,3 +99,7 @@ class TurnAborted(LlmbotError):
 
 class ConversationOver(TurnAborted):
     """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""
+
+
+class StateError(LlmbotError):
+    """A handler's state cannot be kept in the thread: not a JSON object, or larger than 32 KB."""

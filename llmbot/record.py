@@ -8,6 +8,7 @@ Each post of the bot carries:
     llmbot_conversation  the id of the post that opened the conversation it belongs to
     llmbot_page          for answers, which page of a long answer it is (0, 1, ...)
     llmbot_turn          for answers and notices, which turn of its conversation it is (1, 2, ...)
+    llmbot_state         what a handler asked to remember (a JSON object of at most 32 KB), if anything
 
 From those alone the bot rebuilds, after a restart or a socket gap, which conversations are
 live, which human posts still wait for an answer and how many turns a conversation took.
@@ -15,10 +16,12 @@ live, which human posts still wait for an answer and how many turns a conversati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import StateError
 from .thread import Post, Thread, text_or_empty
 
 PROP_HANDLER = "llmbot_handler"
@@ -27,6 +30,8 @@ PROP_ANSWERS = "llmbot_answers"
 PROP_CONVERSATION = "llmbot_conversation"
 PROP_PAGE = "llmbot_page"
 PROP_TURN = "llmbot_turn"
+PROP_STATE = "llmbot_state"
+MAX_STATE_BYTES = 32 * 1024
 
 KIND_ANSWER = "answer"
 KIND_NOTICE = "notice"
@@ -45,9 +50,15 @@ _TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)
 
 
 def props_for(
-    handler: str, kind: str, answers: str, conversation: str = "", page: int | None = None, turn: int | None = None
+    handler: str,
+    kind: str,
+    answers: str,
+    conversation: str = "",
+    page: int | None = None,
+    turn: int | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The props of one post of the bot's."""
+    """The props of one post of the bot's (`state` already checked: checked_state)."""
     props: dict[str, Any] = {PROP_HANDLER: handler, PROP_KIND: kind, PROP_ANSWERS: answers}
     if conversation:
         props[PROP_CONVERSATION] = conversation
@@ -55,7 +66,35 @@ def props_for(
         props[PROP_PAGE] = page
     if turn is not None:
         props[PROP_TURN] = turn
+    if state is not None:
+        props[PROP_STATE] = dict(state)
     return props
+
+
+def checked_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """`state` as it will come back from the thread (a JSON round trip), or StateError."""
+    try:
+        encoded = json.dumps(state, ensure_ascii=False, allow_nan=False)
+        decoded = json.loads(encoded)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"state must be a JSON object of strings, numbers, booleans, lists and objects: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise StateError(f"state must be a JSON object (a dict), not {type(state).__name__}")
+    size = len(encoded.encode("utf-8"))
+    if size > MAX_STATE_BYTES:
+        raise StateError(f"state is {size} bytes as JSON; at most {MAX_STATE_BYTES} fit in a post")
+    return decoded
+
+
+def state_of(thread: Thread, me_id: str, handler: str, conversation: str) -> dict[str, Any] | None:
+    """The newest state `handler` stored in `conversation` in this thread, or None."""
+    for post in thread.posts[::-1]:
+        if post.user_id != me_id or post.props.get(PROP_HANDLER) != handler or conversation_of(post) != conversation:
+            continue
+        state = post.props.get(PROP_STATE)
+        if isinstance(state, dict):
+            return dict(state)
+    return None
 
 
 def kind_of(post: Post) -> str | None:

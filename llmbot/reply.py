@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .creates import Create, IdempotentCreator, new_pending_id
 from .errors import AnswerCut, ChatError, ContextTooLong, LLMError, TurnAborted
 from .ports import ChatAPI
-from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, props_for
+from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, checked_state, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
 
@@ -76,6 +76,7 @@ class ReplyWriter:
         self.closing: tuple[str, str, Create] | None = None
         self.closed = False  # the closing post was made
         self.turn: int | None = None  # which turn of its conversation this is, once the handler knows
+        self.state: dict[str, Any] | None = None
         self._creator = IdempotentCreator(chat, where.channel_id, where.thread_id, where.me_id, clock)
 
     # ------------------------------------------------------------------ state
@@ -84,18 +85,19 @@ class ReplyWriter:
         return bool(self.pages.text.strip())
 
     @property
-    def spoke(self) -> bool:
-        """Has the turn shown anything in the thread (or tried to)?"""
-        return bool(self.posted or self._creates or self.closing)
-
-    @property
     def thread_id(self) -> str:
         return self.where.thread_id
+
+    def remember(self, state: Mapping[str, Any] | None) -> None:
+        """Keep `state` in the props of this turn's posts (StateError if it is not a JSON object of
+        at most 32 KB); record.state_of reads it back next turn."""
+        self.state = None if state is None else checked_state(state)
 
     def _props(self, kind: str, page: int | None = None) -> dict[str, Any]:
         w = self.where
         turn = self.turn if kind in (KIND_ANSWER, KIND_NOTICE) else None
-        return props_for(w.handler, kind, self.answers, w.conversation, page, turn)
+        state = self.state if not page else None  # on the answer's first post (or its closing post)
+        return props_for(w.handler, kind, self.answers, w.conversation, page, turn, state)
 
     async def retrying(self, call: Callable[[], Awaitable[T]], what: str, attempts: int = ATTEMPTS) -> T:
         """A Mattermost call retried within the turn's deadline."""

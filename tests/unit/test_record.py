@@ -6,6 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
+from llmbot.errors import StateError
 from llmbot.mattermost import reconnect_delay
 from llmbot.record import (
     KIND_ANSWER,
@@ -13,12 +14,16 @@ from llmbot.record import (
     KIND_NOTICE,
     KIND_REFUSAL,
     KIND_USAGE,
+    MAX_STATE_BYTES,
     PROP_ANSWERS,
     PROP_CONVERSATION,
     PROP_HANDLER,
     PROP_KIND,
+    PROP_STATE,
     PROP_TURN,
+    checked_state,
     conversation_state,
+    state_of,
     threads_of,
     turns_in_conversation,
     waiting_posts,
@@ -207,3 +212,35 @@ class TestConversationIds:
         t = thread(human(ROOT, NOW - 5000), mine("a1", NOW - 4000, ROOT), human("h2", NOW - 3000), mine("a2", NOW - 2000, "h2"))
         state = conversation_state(t, ME, NOW, TTL)
         assert state is not None and state.conversation == ROOT
+
+
+class TestState:
+    def test_the_newest_state_of_the_handler_in_the_conversation_comes_back(self) -> None:
+        def with_state(post_id: str, at: int, state: object, handler: str = "food", conversation: str = ROOT) -> Post:
+            props = {PROP_HANDLER: handler, PROP_KIND: KIND_ANSWER, PROP_CONVERSATION: conversation, PROP_STATE: state}
+            return Post(post_id, "chan", ME, ROOT, "x", at, props=MappingProxyType(props))
+
+        t = thread(
+            human(ROOT, 1), with_state("s1", 2, {"step": "choose"}), with_state("s2", 3, {"step": "pay"}),
+            with_state("other", 4, {"step": "x"}, handler="quiz"), with_state("old", 5, {"step": "y"}, conversation="old"),
+            with_state("bad", 6, "not an object"),
+        )
+        assert state_of(t, ME, "food", ROOT) == {"step": "pay"}
+        assert state_of(t, ME, "quiz", ROOT) == {"step": "x"}
+        assert state_of(t, ME, "food", "another") is None
+
+    def test_a_human_cannot_plant_state(self) -> None:
+        props = {PROP_HANDLER: "food", PROP_KIND: KIND_ANSWER, PROP_CONVERSATION: ROOT, PROP_STATE: {"paid": True}}
+        forged = Post("f", "chan", BOB, ROOT, "x", 2, props=MappingProxyType(props))
+        assert state_of(thread(human(ROOT, 1), forged), ME, "food", ROOT) is None
+
+    def test_state_is_checked_as_json_of_at_most_32_kb(self) -> None:
+        assert checked_state({"day": "monday", "n": (1, 2)}) == {"day": "monday", "n": [1, 2]}  # what comes back
+        with pytest.raises(StateError, match="JSON"):
+            checked_state({"when": object()})
+        with pytest.raises(StateError, match="JSON"):
+            checked_state({"x": float("nan")})
+        with pytest.raises(StateError, match="32768"):
+            checked_state({"big": "x" * (MAX_STATE_BYTES + 1)})
+        with pytest.raises(StateError, match="dict"):
+            checked_state(["not", "a", "dict"])  # type: ignore[arg-type]

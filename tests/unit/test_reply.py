@@ -12,8 +12,8 @@ from collections.abc import AsyncGenerator
 import pytest
 
 from llmbot.creates import PENDING_WINDOW
-from llmbot.errors import AnswerCut, ChatUnavailable, ContextTooLong, LLMError
-from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_KIND, PROP_PAGE, STATUS_LINE
+from llmbot.errors import AnswerCut, ChatUnavailable, ContextTooLong, LLMError, StateError
+from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_KIND, PROP_PAGE, PROP_STATE, STATUS_LINE, state_of
 from llmbot.reply import INTERRUPTED_NOTICE, ReplyWriter, Where
 from llmbot.retry import ATTEMPTS
 from llmbot.streaming import MAX_POST_RUNES
@@ -306,3 +306,27 @@ class TestReader:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class TestState:
+    async def test_state_rides_on_the_answer_s_first_post_and_comes_back_from_the_thread(
+        self, writer: ReplyWriter, chat: FakeChat, llm: FakeLLM, root: Post
+    ) -> None:
+        writer.remember({"step": "choose", "day": "monday"})
+        llm.enqueue(["x" * (MAX_POST_RUNES + 10)])  # two pages
+        await within(writer.stream(answer_of(llm)))
+        first, second = chat.bot_posts(root.id)
+        assert first.props[PROP_STATE] == {"step": "choose", "day": "monday"} and PROP_STATE not in second.props
+        thread = await chat.get_thread(root.id)
+        assert state_of(thread, BOT_ID, "gpt", root.id) == {"step": "choose", "day": "monday"}
+
+    async def test_a_closing_post_carries_state_too(self, writer: ReplyWriter, chat: FakeChat, root: Post) -> None:
+        writer.remember({"step": "done"})
+        await within(writer.post("Bye!", KIND_END))
+        (goodbye,) = chat.bot_posts(root.id)
+        assert goodbye.props[PROP_STATE] == {"step": "done"}
+
+    def test_state_that_cannot_be_kept_is_a_clear_error_before_anything_is_posted(self, writer: ReplyWriter) -> None:
+        with pytest.raises(StateError, match="32768"):
+            writer.remember({"blob": "x" * 40_000})
+        assert writer.state is None
