@@ -58,11 +58,20 @@ class CatchUp:
         """A (re)connect: read from the newest post the socket delivered before it went down
         (posts of the gap are older than anything it delivers after), at most one TTL back."""
         now_ms = int(self.now().timestamp() * 1000)
-        oldest = now_ms - int(self.ttl * 1000)  # older posts have nothing live
+        oldest = now_ms - int(self._longest_ttl() * 1000)  # older posts have nothing live
         since = max(oldest, live_ms - CATCH_UP_MARGIN_MS) if live_ms else oldest
         self._want(since)
         if self.task is None:
             self.task = asyncio.create_task(self._loop())
+
+    def _ttl_for(self, handler: str) -> float | None:
+        found = self.handlers.get(handler)
+        return found.spec.conversation_timeout if found is not None else None
+
+    def _longest_ttl(self) -> float:
+        """How far back a conversation can still be live: the longest of every handler's timeout."""
+        own = [h.spec.conversation_timeout for h in self.handlers.values() if h.spec.conversation_timeout is not None]
+        return max([self.ttl, *own])
 
     def _want(self, since: int) -> None:
         self._want_since = since if self._want_since is None else min(self._want_since, since)
@@ -155,14 +164,15 @@ class CatchUp:
         names = await self.chat.usernames({p.user_id for p in posts if p.user_id})
         taken = 0
         for thread in threads_of(posts).values():
-            state = conversation_state(thread, self.me_id, now_ms, self.ttl)
+            state = conversation_state(thread, self.me_id, now_ms, self.ttl, self._ttl_for)
             handler = self.handlers.get(state.handler) if state is not None else None
             if (
                 state is not None and handler is not None and handler.spec.conversational
                 and await self.store.get(thread.root_id) is None
             ):
                 await self.store.bind(
-                    thread.root_id, state.handler, state.started_by, state.conversation, idle=state.idle_seconds
+                    thread.root_id, state.handler, state.started_by, state.conversation,
+                    idle=state.idle_seconds, ttl=handler.spec.conversation_timeout,
                 )
                 log.info("thread %s: conversation recovered from the thread (idle %.0fs)", thread.root_id, state.idle_seconds)
             for post in waiting_posts(thread, self.me_id, since_ms):

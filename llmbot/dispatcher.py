@@ -195,8 +195,9 @@ class Dispatcher:
         conversation = ""
         if isinstance(decision, Start):
             conversation = post.id  # a new call always opens a new conversation
-            if self.handlers[decision.handler].spec.conversational:
-                await self.store.bind(thread_id, decision.handler, post.user_id, conversation)
+            spec = self.handlers[decision.handler].spec
+            if spec.conversational:
+                await self.store.bind(thread_id, decision.handler, post.user_id, conversation, ttl=spec.conversation_timeout)
         elif isinstance(decision, Continue) and binding is not None:
             conversation = binding.conversation
             await self.store.touch(thread_id)

@@ -165,10 +165,13 @@ def turns_in_conversation(thread: Thread, me_id: str, conversation: str) -> int:
     return max(len(answered), recorded)
 
 
-def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl_seconds: float) -> Recovered | None:
+def conversation_state(
+    thread: Thread, me_id: str, now_ms: int, ttl_seconds: float, ttl_for: Callable[[str], float | None] = lambda _h: None
+) -> Recovered | None:
     """The conversation live in `thread`, if any: the bot's newest post there is an answer or a
-    notice (not a goodbye, a usage hint or a refusal) and the thread was active within the TTL.
-    `thread` may be only the newest part of a thread: that is enough when it spans the TTL."""
+    notice (not a goodbye, a usage hint or a refusal) and the thread was active within the TTL:
+    the handler's own (`ttl_for(handler)`) or else `ttl_seconds`. `thread` may be only the newest
+    part of a thread: that is enough when it spans the TTL."""
     mine = [p for p in thread.posts if p.user_id == me_id and isinstance(p.props.get(PROP_HANDLER), str)]
     if not mine or kind_of(mine[-1]) in CLOSING_KINDS:
         return None
@@ -179,7 +182,8 @@ def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl_seconds: flo
         if post.create_at > last.create_at and post.is_human and post.user_id != me_id:
             activity = max(activity, post.create_at)
     idle = max(0.0, (now_ms - activity) / 1000)
-    if idle >= ttl_seconds:
+    own = ttl_for(str(last.props[PROP_HANDLER]))  # a handler's own conversation timeout, if it has one
+    if idle >= (ttl_seconds if own is None else own):
         return None
     opener = _opener(thread, mine)
     authors = {p.id: p.user_id for p in thread.posts}

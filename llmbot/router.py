@@ -21,6 +21,7 @@ class HandlerSpec:
     name: str
     triggers: tuple[re.Pattern[str], ...]
     conversational: bool = True
+    conversation_timeout: float | None = None  # seconds of silence that end its conversations; None: LLMBOT_CONVERSATION_TTL
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,18 @@ class Binding:
     started_by: str  # user id of whoever opened the conversation
     conversation: str  # id of the post that opened it (recorded on every post of the bot's)
     last_activity: float  # store clock, seconds
+    ttl: float | None = None  # seconds of silence that end it; None: the store's default
 
 
 class Store(Protocol):
     async def get(self, thread_id: str) -> Binding | None:
         """The thread's live binding, or None (never bound, ended or expired)."""
 
-    async def bind(self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0) -> Binding:
-        """Bind a thread; `idle` says how long ago its last activity was (0 for a new one)."""
+    async def bind(
+        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
+    ) -> Binding:
+        """Bind a thread; `idle` says how long ago its last activity was (0 for a new one); `ttl`
+        overrides the store's default for this conversation (a handler's own timeout)."""
 
     async def touch(self, thread_id: str) -> Binding | None:
         """Restart the thread's TTL; None if it is no longer bound."""

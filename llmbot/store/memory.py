@@ -24,7 +24,7 @@ class MemoryStore:
         self._timer = timer
         self._ttl = ttl
         self._bindings: TLRUCache[str, Binding] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, binding, _now: binding.last_activity + ttl, timer=timer
+            maxsize=maxsize, ttu=lambda _key, b, _now: b.last_activity + (ttl if b.ttl is None else b.ttl), timer=timer
         )
         # user id -> thread ids they opened, least recently active first. A plain dict of short lists
         # (a TTLCache costs 3x the bytes): ended threads leave it when read, expired ones in a sweep
@@ -42,8 +42,10 @@ class MemoryStore:
     async def get(self, thread_id: str) -> Binding | None:
         return self._bindings.get(thread_id)
 
-    async def bind(self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0) -> Binding:
-        binding = Binding(handler, started_by, conversation, self._timer() - idle)
+    async def bind(
+        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
+    ) -> Binding:
+        binding = Binding(handler, started_by, conversation, self._timer() - idle, ttl)
         self._bindings[thread_id] = binding
         threads = self._opened.setdefault(started_by, [])
         if thread_id in threads:
@@ -70,7 +72,7 @@ class MemoryStore:
         old = self._bindings.get(thread_id)
         if old is None:
             return None
-        new = Binding(old.handler, old.started_by, old.conversation, self._timer())
+        new = Binding(old.handler, old.started_by, old.conversation, self._timer(), old.ttl)
         self._bindings[thread_id] = new  # re-setting an item restarts its TTL
         threads = self._opened.get(old.started_by)
         if threads is not None and thread_id in threads:

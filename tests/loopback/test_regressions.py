@@ -154,3 +154,44 @@ class TestOneDeadlinePerTurn:
         assert 5 <= time.monotonic() - started < 10
         assert notice["props"][PROP_KIND] == KIND_NOTICE and "in time" in notice["message"]
         assert any("LLMBOT_TURN_DEADLINE" in r.getMessage() for r in caplog.records)
+
+
+class Quiz:
+    """A conversational handler with a timeout of its own: one minute."""
+
+    spec = HandlerSpec("quiz", (re.compile(r"^quiz\b", re.IGNORECASE),), conversational=True, conversation_timeout=60)
+
+    def call_word(self) -> str:
+        return "quiz"
+
+    async def handle(self, turn) -> None:
+        await turn.reply.post(f"quiz: {turn.post.message}", KIND_ANSWER)
+
+
+class TestHandlersOwnTimeouts:
+    async def test_a_handler_s_conversation_ends_after_its_own_timeout_and_the_chat_s_after_the_ttl(
+        self, start_bot, world, mm, llm_server, clock
+    ):
+        run = await start_bot(handlers=(Quiz(),))
+        quiz = await mm.post_as(world.alice, world.town, "quiz start")
+        chat = await mm.post_as(world.alice, world.town, "gpt hello")
+        await run.wait_replies(quiz["id"], 1)
+        await run.wait_replies(chat["id"], 1)
+        clock.advance(61)
+        assert await run.bot.store.get(quiz["id"]) is None
+        assert await run.bot.store.get(chat["id"]) is not None
+
+    async def test_recovery_honours_a_handler_s_own_timeout(self, start_bot, world, mm, llm_server):
+        first = await start_bot(handlers=(Quiz(),))
+        recent = await mm.post_as(world.alice, world.town, "quiz one")
+        stale = await mm.post_as(world.bob, world.town, "quiz two")
+        await first.wait_replies(recent["id"], 1)
+        await first.wait_replies(stale["id"], 1)
+        await first.stop()
+        for post in mm.thread(stale["id"]):  # two minutes quiet: past the quiz's minute, well within the hour
+            for key in ("create_at", "update_at"):
+                post[key] -= 120_000
+            mm.posts[post["id"]].update(post)
+        second = await start_bot(handlers=(Quiz(),))
+        assert await second.bot.store.get(recent["id"]) is not None
+        assert await second.bot.store.get(stale["id"]) is None

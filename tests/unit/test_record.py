@@ -244,3 +244,11 @@ class TestState:
             checked_state({"big": "x" * (MAX_STATE_BYTES + 1)})
         with pytest.raises(StateError, match="dict"):
             checked_state(["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+class TestOwnTimeouts:
+    def test_a_handler_s_own_timeout_decides_whether_its_conversation_is_still_live(self) -> None:
+        t = thread(human(ROOT, NOW - 200_000), mine("a1", NOW - 100_000, ROOT))  # 100 s quiet
+        assert conversation_state(t, ME, NOW, TTL) is not None
+        assert conversation_state(t, ME, NOW, TTL, lambda handler: 60.0 if handler == "gpt" else None) is None
+        assert conversation_state(t, ME, NOW, 60.0, lambda handler: 300.0) is not None

@@ -246,3 +246,14 @@ class TestNotices:
         assert await store.first_notice("rate:alice", 60)
         assert await store.first_notice("dm:alice", 60)
         assert not await store.first_notice("rate:alice", 60)
+
+
+class TestOwnTimeouts:
+    async def test_a_binding_with_its_own_ttl_expires_on_it_and_keeps_it_when_touched(self, store: MemoryStore, clock: FakeClock) -> None:
+        await store.bind("short", "quiz", ALICE, "short", ttl=60)
+        await store.bind("long", "chat", ALICE, "long")
+        clock.advance(59)
+        assert (await store.touch("short")) is not None  # a touch gives it 60 s more, not the store's hour
+        clock.advance(61)
+        assert await store.get("short") is None
+        assert await store.get("long") is not None
