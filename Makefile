@@ -30,7 +30,7 @@ test: lint
 
 # ruff and mypy (strict on llmbot/), configured in pyproject.toml
 lint: $(STAMP)
-	$(PY) -m ruff check llmbot tests bench
+	$(PY) -m ruff check llmbot tests bench examples
 	$(PY) -m mypy llmbot
 
 bench: $(STAMP)

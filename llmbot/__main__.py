@@ -12,6 +12,8 @@ from .errors import ChatAuthError, ChatError, ConfigError, PromptError
 from .llm import OpenAIChat
 from .logs import configure_logging
 from .mattermost import MattermostChat
+from .plugins.api import Plugin
+from .plugins.loader import load_plugins
 from .prompts import load_system_prompt
 from .settings import Settings, load_settings, read_environment
 
@@ -30,9 +32,24 @@ def _settings(env_file: str) -> Settings | None:
         return None
 
 
+def _plugins(settings: Settings) -> list[Plugin] | None:
+    """The plugins LLMBOT_PLUGINS names; None (and one line per problem) when one cannot be loaded."""
+    if os.getcwd() not in sys.path:  # module:Class names resolve from where llmbot is started, like python -m
+        sys.path.insert(0, os.getcwd())
+    try:
+        return load_plugins(settings.plugins)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return None
+
+
 def cmd_run(env_file: str) -> int:
     settings = _settings(env_file)
     if settings is None:
+        return 2
+    plugins = _plugins(settings)
+    if plugins is None:
         return 2
     configure_logging(settings.log_level, settings.secrets())
     try:
@@ -41,9 +58,12 @@ def cmd_run(env_file: str) -> int:
         print(f"config: LLMBOT_SYSTEM_PROMPT_FILE: {exc}", file=sys.stderr)
         return 2
     from .app import Bot  # imported late so `check` and config errors stay fast
+    from .plugins.host import PluginHandler
 
     async def serve() -> None:
         bot = Bot(settings, MattermostChat(settings), OpenAIChat(settings), prompt)
+        for plugin in plugins:
+            bot.add_handler(PluginHandler(plugin, context_tokens=settings.max_context_tokens, count=bot.tokenizer.count_message))
         await bot.run()
 
     try:
@@ -89,7 +109,7 @@ async def _check(settings: Settings) -> list[str]:
 
 def cmd_check(env_file: str) -> int:
     settings = _settings(env_file)
-    if settings is None:
+    if settings is None or _plugins(settings) is None:
         return 2
     configure_logging("ERROR", settings.secrets())
     problems = asyncio.run(_check(settings))

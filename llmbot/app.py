@@ -86,26 +86,16 @@ class Bot:
         """Log in (users/me) and set up the handlers and the flow, which need the bot's name."""
         me = self.me = await self.chat.login()
         s = self.settings
-        added_before = dict(self.handlers)
-        self.handlers.clear()  # the GPT chat first: the first handler also answers DMs and @mentions
-        self.add_handler(
-            ChatHandler(
-                HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True),
-                llm=LimitedLLM(self.llm, s.max_concurrent_llm),
-                tokenizer=self.tokenizer,
-                system_prompt=self.system_prompt,
-                speaker=Speaker(me.user_id, me.mention, (s.trigger,)),
-                bot_name=me.username,
-                context_tokens=s.max_context_tokens,
-                reply_tokens=s.max_reply_tokens,
-                max_turns=s.max_turns,
-                now=self.now,
-            )
-        )
-        self.handlers.update(added_before)
+        added_before = list(self.handlers.values())  # plugins, in LLMBOT_PLUGINS order without the chat
+        self.handlers.clear()
+        if GPT_HANDLER in s.plugins:  # the chat takes its place in LLMBOT_PLUGINS (first: it answers DMs and @mentions)
+            added_before.insert(s.plugins.index(GPT_HANDLER), self._chat(me))
+        for handler in added_before:
+            self.handlers[handler.spec.name] = handler
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
-            deadline=s.turn_deadline, clock=self.clock, edit_interval=self.edit_interval, retry_base=self.retry_base,
+            deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
+            retry_base=self.retry_base,
         )
         self.dispatcher = Dispatcher(
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,
@@ -122,8 +112,25 @@ class Bot:
         log.info("logged in as @%s (%s); tokens counted with %s", me.username, me.user_id, self.tokenizer.name)
         return me
 
+    def _chat(self, me: Identity) -> ChatHandler:
+        """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS)."""
+        s = self.settings
+        return ChatHandler(
+            HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True, hints_usage=True),
+            llm=LimitedLLM(self.llm, s.max_concurrent_llm),
+            tokenizer=self.tokenizer,
+            system_prompt=self.system_prompt,
+            speaker=Speaker(me.user_id, me.mention, (s.trigger,)),
+            bot_name=me.username,
+            context_tokens=s.max_context_tokens,
+            reply_tokens=s.max_reply_tokens,
+            max_turns=s.max_turns,
+            now=self.now,
+        )
+
     def add_handler(self, handler: Handler) -> None:
-        """Register a handler; the first one also answers DMs and @mentions."""
+        """Register a handler (before start(): in LLMBOT_PLUGINS order); the first one also answers
+        DMs and @mentions."""
         self.handlers[handler.spec.name] = handler
         if self.dispatcher is not None:
             self.dispatcher.handlers_changed()

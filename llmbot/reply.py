@@ -88,6 +88,15 @@ class ReplyWriter:
     def thread_id(self) -> str:
         return self.where.thread_id
 
+    def fork(self) -> ReplyWriter:
+        """A writer for one more post of the same turn (a plugin may reply several times)."""
+        other = ReplyWriter(
+            self.chat, self.where, self.answers, clock=self.clock, edit_interval=self.edit_interval,
+            deadline=self.deadline, retry_base=self.retry_base, sleep=self.sleep,
+        )
+        other.turn = self.turn
+        return other
+
     def remember(self, state: Mapping[str, Any] | None) -> None:
         """Keep `state` in the props of this turn's posts (StateError if it is not a JSON object of
         at most 32 KB); record.state_of reads it back next turn."""

@@ -22,6 +22,7 @@ class HandlerSpec:
     triggers: tuple[re.Pattern[str], ...]
     conversational: bool = True
     conversation_timeout: float | None = None  # seconds of silence that end its conversations; None: LLMBOT_CONVERSATION_TTL
+    hints_usage: bool = False  # called with nothing after its trigger ("gpt" alone): a usage hint, not a start
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +106,10 @@ def route(
         return Continue(bound_handler)
 
     text = post.message
+    # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
+    called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
     for handler in handlers:
-        if matches_any(text, handler.triggers):
+        if matches_any(called, handler.triggers):
             return _start_or_usage(handler, text, me)
     default = handlers[0] if handlers else None
     if default is None:
@@ -119,6 +122,6 @@ def route(
 
 
 def _start_or_usage(handler: HandlerSpec, text: str, me: Identity, *, allow_files: bool = False) -> Decision:
-    if not strip_call(text, handler.triggers, me.mention) and not allow_files:
+    if handler.hints_usage and not allow_files and not strip_call(text, handler.triggers, me.mention):
         return Usage(handler.name)
     return Start(handler.name)

@@ -53,6 +53,7 @@ class TurnRunner:
         me_id: str,
         answerable: Callable[[Post, Mapping[str, str]], bool],
         deadline: float,
+        bot_name: str = "",
         clock: Callable[[], float] = time.monotonic,
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
@@ -62,6 +63,7 @@ class TurnRunner:
         self.handlers = handlers
         self.store = store
         self.me_id = me_id
+        self.bot_name = bot_name
         self.answerable = answerable
         self.deadline = deadline
         self.clock = clock
@@ -84,7 +86,7 @@ class TurnRunner:
             log.warning("thread %s: no handler %r any more; post %s not answered", thread_id, job.handler, job.event.post.id)
             return
         writer = self._writer(job)
-        turn = Turn(job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable)
+        turn = Turn(job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name)
         try:
             async with asyncio.timeout(self.deadline):
                 await handler.handle(turn)

@@ -105,6 +105,15 @@ def _words(value: object) -> tuple[str, ...]:
     return words
 
 
+def _plugins(value: object) -> tuple[str, ...]:
+    plugins = tuple(p for p in _items(value) if p)
+    if not plugins or any(not re.fullmatch(r"[\w.]+(:\w+)?", p) for p in plugins) or len(set(plugins)) != len(plugins):
+        raise ValueError(
+            "must be a comma-separated list of plugins without repeats, e.g. gpt,examples.food_selection:FoodSelection"
+        )
+    return plugins
+
+
 def _names(value: object) -> frozenset[str]:
     """Names or ids, casefolded; a leading @ (users) or ~ (channels) is dropped."""
     names = frozenset(n.lstrip("@~").casefold() for n in _items(value) if n.lstrip("@~"))
@@ -182,6 +191,8 @@ class Settings(BaseSettings):
     turn_deadline: float = _number("LLMBOT_TURN_DEADLINE", 180.0, 5, 3600)
     # Some chat templates demand strict user/assistant alternation.
     merge_user_turns: bool = _var("LLMBOT_MERGE_USER_TURNS", False)
+    # In priority order: "gpt" (the built-in chat), module:Class, or an entry point of group llmbot.plugins.
+    plugins: Annotated[tuple[str, ...], BeforeValidator(_plugins)] = _var("LLMBOT_PLUGINS", ("gpt",))
     # Access control: names or ids, casefolded; an empty allow list allows everyone. Deny wins.
     allow_teams: Names = _var("LLMBOT_ALLOW_TEAMS", frozenset())
     deny_teams: Names = _var("LLMBOT_DENY_TEAMS", frozenset())

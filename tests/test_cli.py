@@ -184,3 +184,16 @@ class TestStopping:
         assert code == 1, err
         assert "MATTERMOST_TOKEN" in err and "revoked" in err
         assert mm.bot_token not in err and "Traceback" not in err
+
+
+class TestPlugins:
+    async def test_a_plugin_that_cannot_be_loaded_stops_the_start_with_exit_code_2(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, LLMBOT_PLUGINS="gpt,no.such.module:Thing"))
+        assert await run_cli("--env-file", env, "run") == 2
+        assert await run_cli("--env-file", env, "check") == 2
+        err = capsys.readouterr().err
+        assert err.count("config: LLMBOT_PLUGINS: cannot load 'no.such.module:Thing'") == 2
+
+    async def test_the_food_example_loads_for_check(self, mm, llm_server, tmp_path, capsys):
+        env = write_env(tmp_path / ".env", **env_for(mm, llm_server, LLMBOT_PLUGINS="gpt,examples.food_selection:FoodSelection"))
+        assert await run_cli("--env-file", env, "check") == 0

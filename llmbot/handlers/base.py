@@ -30,6 +30,7 @@ class Turn:
     chat: ChatAPI
     # May the bot answer this post's author? (Access lists: their words stay in the context.)
     answerable: Callable[[Post, Mapping[str, str]], bool]
+    bot_name: str = ""  # the bot's username, for handlers that strip its @mention
 
     @property
     def post(self) -> Post:

@@ -46,7 +46,7 @@ from . import payloads as p
 TRIGGER = re.compile(r"^gpt\b", re.IGNORECASE)
 ME = Identity(user_id=p.BOT_ID, username=p.BOT_NAME, mention=mention_pattern(p.BOT_NAME))
 SPEAKER = Speaker(user_id=p.BOT_ID, mention=ME.mention, triggers=(TRIGGER,))
-CHAT = HandlerSpec("chat", (TRIGGER,))
+CHAT = HandlerSpec("chat", (TRIGGER,), hints_usage=True)
 TLDR = HandlerSpec("tldr", (re.compile(r"^tl;?dr\b", re.IGNORECASE),), conversational=False)
 END_WORDS = ("bye", "ciao")
 ROOT = "r00tr00tr00tr00tr00tr00t00"

@@ -13,7 +13,7 @@ from llmbot.triggers import mention_pattern
 from . import payloads as p
 
 ME = Identity(user_id=p.BOT_ID, username=p.BOT_NAME, mention=mention_pattern(p.BOT_NAME))
-CHAT = HandlerSpec("chat", (re.compile(r"^gpt\b", re.IGNORECASE),))
+CHAT = HandlerSpec("chat", (re.compile(r"^gpt\b", re.IGNORECASE),), hints_usage=True)
 TLDR = HandlerSpec("tldr", (re.compile(r"^tl;?dr\b", re.IGNORECASE),), conversational=False)
 HANDLERS = (CHAT,)
 END_WORDS = ("bye",)

@@ -1,0 +1,112 @@
+"""PluginHandler: a Plugin (plugins/api.py) run as a handler of the core.
+
+A new call goes to the first of the plugin's listeners that matches (and whose filters pass);
+a follow-up in its conversation goes to its conversational intents, then to `converse()`.
+Async methods run on the event loop; sync ones in a worker thread, with a Message whose methods
+block until done, so one that blocks never stalls other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConversationOver
+from ..handlers.base import Turn
+from ..record import KIND_END, KIND_REFUSAL
+from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
+from ..triggers import trigger_word
+from .api import Listener, Plugin
+from .message import BlockingMessage, Message, enough_for
+
+log = logging.getLogger(__name__)
+
+
+class PluginHandler:
+    def __init__(self, plugin: Plugin, *, context_tokens: int, count: Callable[[str], int]) -> None:
+        if not plugin.name or not re.fullmatch(r"[a-z0-9_.-]+", plugin.name):
+            raise ValueError(f"plugin {type(plugin).__name__} needs a name of lowercase letters, digits, _ . or -")
+        self.plugin = plugin
+        triggers = tuple(listener.pattern for listener in plugin.listeners if not listener.passive)
+        self.spec = HandlerSpec(
+            plugin.name, triggers, conversational=any(listener.conversation for listener in plugin.listeners),
+            conversation_timeout=plugin.conversation_timeout,
+        )
+        self._enough = enough_for(context_tokens, count)
+
+    def call_word(self) -> str:
+        word = trigger_word(self.spec.triggers[0]) if self.spec.triggers else None
+        return word or self.plugin.name
+
+    async def handle(self, turn: Turn) -> None:
+        decision = turn.decision
+        if isinstance(decision, End):
+            goodbye = f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like."
+            await turn.reply.post(goodbye, KIND_END)
+            return
+        if isinstance(decision, Refuse):
+            await turn.reply.post(decision.message, KIND_REFUSAL)
+            return
+        thread = await turn.read_thread(self._enough)
+        if thread is None:
+            return
+        names = await turn.usernames([turn.post.user_id])
+        message = Message(turn, self.plugin.name, thread, names.get(turn.post.user_id, ""))
+        if isinstance(decision, (Start, Usage)):
+            await self._start(turn, message)
+        elif isinstance(decision, Continue):
+            await self._follow_up(turn, message)
+        if message.ended:
+            raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} ended its conversation")
+
+    async def _start(self, turn: Turn, message: Message) -> None:
+        for listener in self.plugin.listeners:
+            match = listener.pattern.search(message.text)
+            if match is None or listener.passive or not _passes(listener, turn, message):
+                continue
+            log.info("thread %s: plugin %s takes post %s (%s)", turn.thread_id, self.plugin.name, message.post_id,
+                     listener.method)
+            await self._call(self.plugin.handler_of(listener.method), message, *match.groups())
+            if not listener.conversation and not message.ended:
+                raise ConversationOver(f"thread {turn.thread_id}: {self.plugin.name}.{listener.method} holds no conversation")
+            return
+        log.info("thread %s: no listener of plugin %s takes post %s", turn.thread_id, self.plugin.name, message.post_id)
+        if self.spec.conversational:
+            raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} opened nothing")
+
+    async def _follow_up(self, turn: Turn, message: Message) -> None:
+        for intent in self.plugin.intents:
+            match = intent.pattern.search(message.text)
+            if match is not None:
+                log.info("thread %s: plugin %s intent %s takes post %s", turn.thread_id, self.plugin.name, intent.method,
+                         message.post_id)
+                await self._call(self.plugin.handler_of(intent.method), message)  # (intents take the message only)
+                return
+        converse = self.plugin.converse
+        taken = await self._call(converse, message)
+        if not taken:
+            log.info("thread %s: plugin %s declined post %s", turn.thread_id, self.plugin.name, message.post_id)
+
+    async def _call(self, function: Callable[..., Any], message: Message, *groups: str | None) -> Any:
+        """An async method on the loop; a sync one in a worker thread (its Message methods block)."""
+        if inspect.iscoroutinefunction(function):
+            return await function(message, *groups)
+        blocking = BlockingMessage(message, asyncio.get_running_loop())
+        return await asyncio.to_thread(function, blocking, *groups)
+
+
+def _passes(listener: Listener, turn: Turn, message: Message) -> bool:
+    """mmpy_bot's filters: direct messages only, an @mention needed, allowed users and channels."""
+    if listener.direct_only and not message.is_direct:
+        return False
+    if listener.needs_mention and message.text == message.raw_text.strip():
+        return False  # no leading @mention was stripped
+    if listener.allowed_users and not ({message.user_id.casefold(), message.username.casefold()} & listener.allowed_users):
+        return False
+    event = turn.event
+    channels = {message.channel_id.casefold(), event.channel_name.casefold()}
+    return not (listener.allowed_channels and not (channels & listener.allowed_channels))

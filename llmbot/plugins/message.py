@@ -1,0 +1,100 @@
+"""Message: one post as a plugin sees it, and what the plugin can do about it in the thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..errors import LlmbotError
+from ..handlers.base import Turn
+from ..record import KIND_END, state_of
+from ..thread import Post, Thread
+from ..triggers import mention_pattern
+
+
+class Message:
+    """The post a plugin is asked about. `thread` is the thread as it stood at the start of this
+    turn (its root and newest posts, read once and shared); `state` is the newest state this
+    plugin stored in the current conversation of this thread, or None."""
+
+    def __init__(self, turn: Turn, plugin: str, thread: Thread, username: str) -> None:
+        self._turn = turn
+        self._plugin = plugin
+        self.thread = thread
+        self.ended = False  # end() was called: the conversation is over
+        post = turn.post
+        self.raw_text = post.message
+        self.text = _without_mention(post.message, turn.bot_name)
+        self.post_id = post.id
+        self.user_id = post.user_id
+        self.username = username
+        self.channel_id = post.channel_id
+        self.thread_id = post.thread_id
+        self.is_direct = turn.event.is_direct
+        self.state: dict[str, Any] | None = state_of(thread, turn.reply.where.me_id, plugin, turn.conversation)
+
+    async def whole_thread(self) -> Thread:
+        """Every post of the thread (read over REST now: for plugins that need all of it)."""
+        return await self._turn.reply.retrying(lambda: self._turn.chat.get_thread(self.thread_id), "reading the thread")
+
+    async def reply(self, text: str, *, state: Mapping[str, Any] | None = None) -> None:
+        """A post in the thread, never doubled by retries; long text is split like answers.
+        `state` (a JSON object of at most 32 KB) is kept in the post for the next turns."""
+        if not text.strip():
+            raise LlmbotError(f"plugin {self._plugin}: reply() needs some text")
+        writer = self._turn.reply.fork()
+        writer.remember(state)
+        writer.pages.add(text)
+        if not await writer.deliver():
+            await writer.notice(
+                "⚠️ I could not post my answer: Mattermost returned an error. Please try again.", "delivery failed"
+            )
+        if state is not None:
+            self.state = writer.state
+
+    async def end(self, text: str | None = None) -> None:
+        """End this plugin's conversation in the thread; `text`, if any, is its goodbye."""
+        self.ended = True
+        if text:
+            await self._turn.reply.fork().post(text, KIND_END)
+
+
+class BlockingMessage:
+    """The same Message for a sync handler in a worker thread: its methods block until done."""
+
+    def __init__(self, message: Message, loop: asyncio.AbstractEventLoop) -> None:
+        self._message = message
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def _run(self, call: Callable[[], Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def whole_thread(self) -> Thread:
+        result: Thread = self._run(self._message.whole_thread)
+        return result
+
+    def reply(self, text: str, *, state: Mapping[str, Any] | None = None) -> None:
+        self._run(lambda: self._message.reply(text, state=state))
+
+    def end(self, text: str | None = None) -> None:
+        self._run(lambda: self._message.end(text))
+
+
+def _without_mention(text: str, bot_name: str) -> str:
+    """The text without a leading @mention of the bot (and the punctuation after it)."""
+    stripped = text.strip()
+    if bot_name:
+        lead = mention_pattern(bot_name).match(stripped)
+        if lead:
+            stripped = stripped[lead.end() :].lstrip(" \t,:;")
+    return stripped
+
+
+def enough_for(budget: int, count: Callable[[str], int]) -> Callable[[Sequence[Post]], bool]:
+    """A thread read stops once the newest posts fill `budget` tokens."""
+    return lambda replies: sum(count(p.message) for p in replies) >= budget
+

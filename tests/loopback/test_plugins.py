@@ -1,0 +1,95 @@
+"""The public plugin API end to end: the seed's food-selection dialog (examples/food_selection.py)
+through the real bot, driver and SDK against the fakes, its state in the thread only."""
+
+from __future__ import annotations
+
+import threading
+
+from examples.food_selection import FoodSelection
+from llmbot import Message, Plugin, listen_to
+from llmbot.plugins.host import PluginHandler
+from llmbot.record import KIND_END, PROP_HANDLER, PROP_KIND, PROP_STATE
+from llmbot.tokens import estimate_tokens
+
+
+def hosted(plugin: Plugin) -> PluginHandler:
+    return PluginHandler(plugin, context_tokens=8000, count=estimate_tokens)
+
+
+class TestFoodSelection:
+    async def test_the_whole_dialog_with_a_restart_in_the_middle(self, start_bot, world, mm, llm_server):
+        first = await start_bot(handlers=(hosted(FoodSelection()),))
+        root = await mm.post_as(world.alice, world.town, "@llmbot foodselection tomorrow")
+        (options,) = await first.wait_replies(root["id"], 1)
+        assert options["message"].startswith("Tomorrow there are 3 options:")
+        assert options["props"][PROP_HANDLER] == "food" and options["props"][PROP_STATE] == {"step": "choose", "day": "tomorrow"}
+        await mm.post_as(world.alice, world.town, "3", root_id=root["id"])
+        await first.wait_replies(root["id"], 2)
+        await first.stop()  # nothing of the dialog is kept in memory: a new process continues it
+
+        second = await start_bot(handlers=(hosted(FoodSelection()),))
+        await mm.post_as(world.alice, world.town, "Gluten-free", root_id=root["id"])
+        replies = await second.wait_replies(root["id"], 3)
+        assert replies[-1]["message"] == 'Great! Does "Gluten-free (brought by @alice)" look good to you?'
+        await mm.post_as(world.alice, world.town, "yes", root_id=root["id"])
+        replies = await second.wait_replies(root["id"], 4)
+        assert replies[-1]["message"] == '"Gluten-free (brought by @alice)" is now an option and is available to others.'
+        assert replies[-1]["props"][PROP_KIND] == KIND_END
+        assert await second.bot.store.get(root["id"]) is None  # the dialog ended
+        assert llm_server.requests == []  # no LLM was involved
+
+    async def test_a_conversational_intent_wins_over_converse(self, start_bot, world, mm, llm_server):
+        run = await start_bot(handlers=(hosted(FoodSelection()),))
+        root = await mm.post_as(world.alice, world.town, "food today")
+        await run.wait_replies(root["id"], 1)
+        await mm.post_as(world.alice, world.town, "cancel", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["message"] == "Cancelled." and replies[-1]["props"][PROP_KIND] == KIND_END
+        assert await run.bot.store.get(root["id"]) is None
+
+    async def test_a_declined_follow_up_gets_no_answer_and_keeps_the_dialog(self, start_bot, world, mm, llm_server):
+        run = await start_bot(handlers=(hosted(FoodSelection()),))
+        root = await mm.post_as(world.alice, world.town, "food monday")
+        await run.wait_replies(root["id"], 1)
+        await mm.post_as(world.bob, world.town, "what is this about?", root_id=root["id"])
+        await run.settle(world.town, world.john)
+        assert len(run.replies(root["id"])) == 1
+        assert await run.bot.store.get(root["id"]) is not None
+        await mm.post_as(world.alice, world.town, "1", root_id=root["id"])
+        assert (await run.wait_replies(root["id"], 2))[-1]["message"] == "Enjoy: Vegetarian (brought by @mike)."
+
+
+class Echo(Plugin):
+    """A sync plugin: mmpy_bot's users write sync code; it runs in a worker thread."""
+
+    name = "echo"
+    release = threading.Event()
+
+    @listen_to(r"^echo (.+)$")
+    def echo(self, message: Message, text: str) -> None:
+        if text == "slowly":
+            self.release.wait(10)  # blocks this worker only
+        message.reply(f"echo: {text}")
+
+
+class TestSyncPlugins:
+    async def test_a_blocking_sync_plugin_stalls_no_other_thread(self, start_bot, world, mm, llm_server):
+        run = await start_bot(handlers=(hosted(Echo()),))
+        slow = await mm.post_as(world.alice, world.town, "echo slowly")
+        quick = await mm.post_as(world.bob, world.town, "echo quickly")
+        chat = await mm.post_as(world.john, world.town, "gpt are you there?")
+        await mm.wait_for(lambda: run.replies(quick["id"]) and run.replies(chat["id"]))  # (bot.idle() would wait for all)
+        assert run.replies(quick["id"])[0]["message"] == "echo: quickly"
+        assert run.replies(slow["id"]) == []  # still blocked...
+        Echo.release.set()
+        assert (await run.wait_replies(slow["id"], 1))[0]["message"] == "echo: slowly"  # ...then answered
+
+
+class TestLoadingOrder:
+    async def test_without_gpt_in_llmbot_plugins_the_chat_is_off(self, start_bot, world, mm, llm_server):
+        run = await start_bot(handlers=(hosted(FoodSelection()),), LLMBOT_PLUGINS="examples.food_selection:FoodSelection")
+        chat = await mm.post_as(world.alice, world.town, "gpt hello?")
+        marker = await mm.post_as(world.bob, world.town, "food friday")  # taken after the gpt post, in order
+        await run.wait_replies(marker["id"], 1)
+        assert run.replies(chat["id"]) == [] and llm_server.requests == []
+        assert list(run.bot.handlers) == ["food"]
