@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,11 +22,11 @@ from .ports import ChatAPI
 from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, checked_state, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
 from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
+from .typing_indicator import typing_shown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TYPING_EVERY = 4.0  # Mattermost shows "typing" for about 5 s after each signal
 INTERRUPT_BUDGET = 2.0  # seconds a turn cut short by shutdown gets to say so in its post
 
 INTERRUPTED_MARK = "⚠️ Interrupted: I was restarted before I could finish. Ask again to continue."
@@ -283,27 +283,9 @@ class ReplyWriter:
         except (ChatError, TurnAborted, TimeoutError) as exc:
             log.warning("thread %s: could not mark the answer as interrupted: %s", self.thread_id, exc)
 
-    # ------------------------------------------------------------------ typing
-    @contextlib.asynccontextmanager
-    async def typing(self) -> AsyncIterator[Callable[[], None]]:
+    def typing(self) -> contextlib.AbstractAsyncContextManager[Callable[[], None]]:
         """Shows "typing..." until the returned stop() is called or the block ends."""
-
-        async def keep_typing() -> None:
-            while True:
-                await self.chat.send_typing(self.where.channel_id, self.thread_id)
-                await asyncio.sleep(TYPING_EVERY)
-
-        task = asyncio.create_task(keep_typing())
-
-        def stop() -> None:
-            task.cancel()
-
-        try:
-            yield stop
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return typing_shown(self.chat, self.where.channel_id, self.thread_id)
 
 
 async def _read(source: AsyncGenerator[str, None], out: asyncio.Queue[str | BaseException | None]) -> None:
