@@ -58,12 +58,11 @@ def cmd_run(env_file: str) -> int:
         print(f"config: LLMBOT_SYSTEM_PROMPT_FILE: {exc}", file=sys.stderr)
         return 2
     from .app import Bot  # imported late so `check` and config errors stay fast
-    from .plugins.host import PluginHandler
 
     async def serve() -> None:
         bot = Bot(settings, MattermostChat(settings), OpenAIChat(settings), prompt)
         for plugin in plugins:
-            bot.add_handler(PluginHandler(plugin, context_tokens=settings.max_context_tokens, count=bot.tokenizer.count_message))
+            bot.add_plugin(plugin)
         await bot.run()
 
     try:

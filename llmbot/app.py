@@ -20,6 +20,9 @@ from .dispatcher import Dispatcher
 from .handlers.base import Handler
 from .handlers.chat import ChatHandler
 from .limits import Limits
+from .plugins.api import Plugin
+from .plugins.host import PluginHandler
+from .plugins.message import Tools
 from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
@@ -77,6 +80,7 @@ class Bot:
             direct_messages=settings.direct_messages,
             call_word=self._call_word,
         )
+        self.limited_llm = LimitedLLM(llm, settings.max_concurrent_llm)  # one cap for the chat and every plugin
         self.dispatcher: Dispatcher | None = None
         self.catch_up: CatchUp | None = None
         self.runner: TurnRunner | None = None
@@ -117,7 +121,7 @@ class Bot:
         s = self.settings
         return ChatHandler(
             HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True, hints_usage=True),
-            llm=LimitedLLM(self.llm, s.max_concurrent_llm),
+            llm=self.limited_llm,
             tokenizer=self.tokenizer,
             system_prompt=self.system_prompt,
             speaker=Speaker(me.user_id, me.mention, (s.trigger,)),
@@ -127,6 +131,15 @@ class Bot:
             max_turns=s.max_turns,
             now=self.now,
         )
+
+    def tools(self) -> Tools:
+        """What plugins get: the LLM behind the same cap as the chat, token counting, the budgets."""
+        s = self.settings
+        return Tools(self.limited_llm, self.tokenizer, s.max_context_tokens, s.max_reply_tokens)
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        """Run a plugin (plugins/api.py) as a handler; before start(), in LLMBOT_PLUGINS order."""
+        self.add_handler(PluginHandler(plugin, self.tools()))
 
     def add_handler(self, handler: Handler) -> None:
         """Register a handler (before start(): in LLMBOT_PLUGINS order); the first one also answers

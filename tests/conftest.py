@@ -112,12 +112,16 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
     """`await start_bot(**env_overrides)` -> a Running bot; stopped after the test."""
     running: list[Running] = []
 
-    async def start(*, edit_interval: float = 1.0, handlers: tuple[object, ...] = (), **overrides: str) -> Running:
+    async def start(
+        *, edit_interval: float = 1.0, handlers: tuple[object, ...] = (), plugins: tuple[object, ...] = (), **overrides: str
+    ) -> Running:
         settings = make_settings(mm, llm_server, **overrides)
         store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, timer=clock)
         bot = bot_for(settings, store=store, edit_interval=edit_interval)
         for handler in handlers:  # more handlers, there before the start-up catch-up
             bot.add_handler(handler)  # type: ignore[arg-type]
+        for plugin in plugins:
+            bot.add_plugin(plugin)  # type: ignore[arg-type]
         await bot.start()
         run = Running(bot, mm, llm_server, clock)
         running.append(run)

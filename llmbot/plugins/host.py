@@ -21,13 +21,13 @@ from ..record import KIND_END, KIND_REFUSAL
 from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
 from ..triggers import trigger_word
 from .api import Listener, Plugin
-from .message import BlockingMessage, Message, enough_for
+from .message import BlockingMessage, Message, Tools, enough_for
 
 log = logging.getLogger(__name__)
 
 
 class PluginHandler:
-    def __init__(self, plugin: Plugin, *, context_tokens: int, count: Callable[[str], int]) -> None:
+    def __init__(self, plugin: Plugin, tools: Tools) -> None:
         if not plugin.name or not re.fullmatch(r"[a-z0-9_.-]+", plugin.name):
             raise ValueError(f"plugin {type(plugin).__name__} needs a name of lowercase letters, digits, _ . or -")
         self.plugin = plugin
@@ -36,7 +36,8 @@ class PluginHandler:
             plugin.name, triggers, conversational=any(listener.conversation for listener in plugin.listeners),
             conversation_timeout=plugin.conversation_timeout,
         )
-        self._enough = enough_for(context_tokens, count)
+        self._tools = tools
+        self._enough = enough_for(tools.context_tokens, tools.tokenizer.count_message)
 
     def call_word(self) -> str:
         word = trigger_word(self.spec.triggers[0]) if self.spec.triggers else None
@@ -54,8 +55,8 @@ class PluginHandler:
         thread = await turn.read_thread(self._enough)
         if thread is None:
             return
-        names = await turn.usernames([turn.post.user_id])
-        message = Message(turn, self.plugin.name, thread, names.get(turn.post.user_id, ""))
+        names = await turn.usernames(thread.user_ids())
+        message = Message(turn, self.plugin.name, thread, names, self._tools)
         if isinstance(decision, (Start, Usage)):
             await self._start(turn, message)
         elif isinstance(decision, Continue):

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from .api import Plugin
 
 BUILT_IN = "gpt"  # the GPT chat: built by the app, which knows the bot's identity
+BUILT_INS: dict[str, str] = {"summarize": "llmbot.plugins.summarize:Summarize"}  # off unless listed
 ENTRY_POINT_GROUP = "llmbot.plugins"
 _NAME = re.compile(r"[a-z0-9_.-]+")
 
@@ -38,6 +39,7 @@ def load_plugins(names: tuple[str, ...]) -> list[Plugin]:
 
 
 def _load(name: str) -> Plugin:
+    name = BUILT_INS.get(name, name)
     if ":" in name:
         module, _, attribute = name.partition(":")
         found = getattr(importlib.import_module(module), attribute)

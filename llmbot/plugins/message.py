@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..context import ChatMessage, Speaker, build_messages
 from ..errors import LlmbotError
 from ..handlers.base import Turn
+from ..ports import LLMClient
 from ..record import KIND_END, state_of
 from ..thread import Post, Thread
+from ..tokens import Tokenizer
 from ..triggers import mention_pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """What the bot lends its plugins: the configured LLM (behind the LLM cap) and token counting."""
+
+    llm: LLMClient
+    tokenizer: Tokenizer
+    context_tokens: int  # LLMBOT_MAX_CONTEXT_TOKENS
+    reply_tokens: int  # LLMBOT_MAX_REPLY_TOKENS
 
 
 class Message:
@@ -18,20 +32,23 @@ class Message:
     turn (its root and newest posts, read once and shared); `state` is the newest state this
     plugin stored in the current conversation of this thread, or None."""
 
-    def __init__(self, turn: Turn, plugin: str, thread: Thread, username: str) -> None:
+    def __init__(self, turn: Turn, plugin: str, thread: Thread, names: Mapping[str, str], tools: Tools) -> None:
         self._turn = turn
         self._plugin = plugin
+        self._tools = tools
         self.thread = thread
+        self.names = dict(names)  # user id -> username, for the people in `thread`
         self.ended = False  # end() was called: the conversation is over
         post = turn.post
         self.raw_text = post.message
         self.text = _without_mention(post.message, turn.bot_name)
         self.post_id = post.id
         self.user_id = post.user_id
-        self.username = username
+        self.username = names.get(post.user_id, "")
         self.channel_id = post.channel_id
         self.thread_id = post.thread_id
         self.is_direct = turn.event.is_direct
+        self.bot_name = turn.bot_name
         self.state: dict[str, Any] | None = state_of(thread, turn.reply.where.me_id, plugin, turn.conversation)
 
     async def whole_thread(self) -> Thread:
@@ -52,6 +69,24 @@ class Message:
             )
         if state is not None:
             self.state = writer.state
+
+    def context(self, system: str, *, budget: int | None = None) -> list[ChatMessage]:
+        """`thread` as chat messages for the LLM within `budget` tokens (LLMBOT_MAX_CONTEXT_TOKENS):
+        `system` first, the bot's answers as assistant, each person's posts as user."""
+        me = Speaker(self._turn.reply.where.me_id, mention_pattern(self._turn.bot_name or "-"), ())
+        tools = self._tools
+        return build_messages(self.thread, system, me, self.names, budget or tools.context_tokens, tools.tokenizer)
+
+    def llm(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> AsyncGenerator[str, None]:
+        """The configured LLM's answer to `messages`, as it streams (for reply_stream)."""
+        return self._tools.llm.stream(messages, max_tokens or self._tools.reply_tokens)
+
+    async def reply_stream(self, deltas: AsyncGenerator[str, None], *, state: Mapping[str, Any] | None = None) -> None:
+        """Stream text into one reply as it comes (an LLM answer), split and marked like the chat's."""
+        writer = self._turn.reply.fork()
+        writer.remember(state)
+        async with writer.typing() as stop_typing:
+            await writer.stream(deltas, stop_typing)
 
     async def end(self, text: str | None = None) -> None:
         """End this plugin's conversation in the thread; `text`, if any, is its goodbye."""

@@ -7,18 +7,13 @@ import threading
 
 from examples.food_selection import FoodSelection
 from llmbot import Message, Plugin, listen_to
-from llmbot.plugins.host import PluginHandler
+from llmbot.plugins.summarize import Summarize
 from llmbot.record import KIND_END, PROP_HANDLER, PROP_KIND, PROP_STATE
-from llmbot.tokens import estimate_tokens
-
-
-def hosted(plugin: Plugin) -> PluginHandler:
-    return PluginHandler(plugin, context_tokens=8000, count=estimate_tokens)
 
 
 class TestFoodSelection:
     async def test_the_whole_dialog_with_a_restart_in_the_middle(self, start_bot, world, mm, llm_server):
-        first = await start_bot(handlers=(hosted(FoodSelection()),))
+        first = await start_bot(plugins=(FoodSelection(),))
         root = await mm.post_as(world.alice, world.town, "@llmbot foodselection tomorrow")
         (options,) = await first.wait_replies(root["id"], 1)
         assert options["message"].startswith("Tomorrow there are 3 options:")
@@ -27,7 +22,7 @@ class TestFoodSelection:
         await first.wait_replies(root["id"], 2)
         await first.stop()  # nothing of the dialog is kept in memory: a new process continues it
 
-        second = await start_bot(handlers=(hosted(FoodSelection()),))
+        second = await start_bot(plugins=(FoodSelection(),))
         await mm.post_as(world.alice, world.town, "Gluten-free", root_id=root["id"])
         replies = await second.wait_replies(root["id"], 3)
         assert replies[-1]["message"] == 'Great! Does "Gluten-free (brought by @alice)" look good to you?'
@@ -39,7 +34,7 @@ class TestFoodSelection:
         assert llm_server.requests == []  # no LLM was involved
 
     async def test_a_conversational_intent_wins_over_converse(self, start_bot, world, mm, llm_server):
-        run = await start_bot(handlers=(hosted(FoodSelection()),))
+        run = await start_bot(plugins=(FoodSelection(),))
         root = await mm.post_as(world.alice, world.town, "food today")
         await run.wait_replies(root["id"], 1)
         await mm.post_as(world.alice, world.town, "cancel", root_id=root["id"])
@@ -48,7 +43,7 @@ class TestFoodSelection:
         assert await run.bot.store.get(root["id"]) is None
 
     async def test_a_declined_follow_up_gets_no_answer_and_keeps_the_dialog(self, start_bot, world, mm, llm_server):
-        run = await start_bot(handlers=(hosted(FoodSelection()),))
+        run = await start_bot(plugins=(FoodSelection(),))
         root = await mm.post_as(world.alice, world.town, "food monday")
         await run.wait_replies(root["id"], 1)
         await mm.post_as(world.bob, world.town, "what is this about?", root_id=root["id"])
@@ -74,7 +69,7 @@ class Echo(Plugin):
 
 class TestSyncPlugins:
     async def test_a_blocking_sync_plugin_stalls_no_other_thread(self, start_bot, world, mm, llm_server):
-        run = await start_bot(handlers=(hosted(Echo()),))
+        run = await start_bot(plugins=(Echo(),))
         slow = await mm.post_as(world.alice, world.town, "echo slowly")
         quick = await mm.post_as(world.bob, world.town, "echo quickly")
         chat = await mm.post_as(world.john, world.town, "gpt are you there?")
@@ -87,9 +82,29 @@ class TestSyncPlugins:
 
 class TestLoadingOrder:
     async def test_without_gpt_in_llmbot_plugins_the_chat_is_off(self, start_bot, world, mm, llm_server):
-        run = await start_bot(handlers=(hosted(FoodSelection()),), LLMBOT_PLUGINS="examples.food_selection:FoodSelection")
+        run = await start_bot(plugins=(FoodSelection(),), LLMBOT_PLUGINS="examples.food_selection:FoodSelection")
         chat = await mm.post_as(world.alice, world.town, "gpt hello?")
         marker = await mm.post_as(world.bob, world.town, "food friday")  # taken after the gpt post, in order
         await run.wait_replies(marker["id"], 1)
         assert run.replies(chat["id"]) == [] and llm_server.requests == []
         assert list(run.bot.handlers) == ["food"]
+
+
+class TestSummarize:
+    async def test_tldr_in_a_thread_summarises_it_with_its_own_prompt_and_holds_no_conversation(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(Summarize(),), LLMBOT_PLUGINS="gpt,summarize")
+        root = await mm.post_as(world.john, world.town, "Shall we move the release to Friday?")
+        await mm.post_as(world.marc, world.town, "Fine by me, I'll tell QA.", root_id=root["id"])
+        llm_server.enqueue(["- Release moves", " to Friday; @marc tells QA."])
+        call = await mm.post_as(world.bob, world.town, "tl;dr", root_id=root["id"])
+        (summary,) = await run.wait_replies(root["id"], 1)
+        assert summary["message"] == "- Release moves to Friday; @marc tells QA."
+        assert summary["props"][PROP_HANDLER] == "summarize" and summary["props"]["llmbot_answers"] == call["id"]
+        request = llm_server.requests[-1]
+        assert request["messages"][0]["content"].startswith("You are llmbot. Summarise the Mattermost conversation")
+        users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+        assert users == ["@john: Shall we move the release to Friday?", "@marc: Fine by me, I'll tell QA.", "@bob: tl;dr"]
+        assert await run.bot.store.get(root["id"]) is None  # one-shot
+        await mm.post_as(world.john, world.town, "thanks!", root_id=root["id"])
+        await run.settle(world.town, world.alice)
+        assert len(run.replies(root["id"])) == 1

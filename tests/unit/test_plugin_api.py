@@ -75,3 +75,8 @@ class TestLoader:
         assert "which another plugin has" in problems[4]
         assert "entry point" in problems[5] and "llmbot.plugins" in problems[5]
         assert all(p.startswith("LLMBOT_PLUGINS: ") for p in problems)
+
+    def test_summarize_is_built_in_and_off_unless_listed(self) -> None:
+        assert load_plugins(("gpt",)) == []
+        (plugin,) = load_plugins(("gpt", "summarize"))
+        assert plugin.name == "summarize" and plugin.listeners[0].pattern.search("TL;DR please")
