@@ -150,53 +150,37 @@ class MattermostChat:
 
     async def get_thread(self, root_id: str) -> Thread:
         """The whole thread, paged explicitly (oldest first) and sorted by create_at."""
-        posts: list[Post] = []
-        from_post: str | None = None
-        from_create_at: int | None = None
-        for _ in range(MAX_THREAD_PAGES):
-            data = await self._call(
-                "thread",
-                self._driver.posts.get_post_thread(
-                    root_id, perPage=THREAD_PAGE, fromPost=from_post, fromCreateAt=from_create_at, direction="down"
-                ),
-            )
-            page = posts_from_post_list(data)
-            posts.extend(page)
-            replies = [p for p in page if p.id != root_id]
-            if not (isinstance(data, dict) and data.get("has_next") is True) or not replies:
-                break
-            last = max(replies, key=lambda p: (p.create_at, p.id))
-            if (last.id, last.create_at) == (from_post, from_create_at):
-                break  # no progress: never loop on a confused server
-            from_post, from_create_at = last.id, last.create_at
-        else:
-            log.warning("thread %s has more than %d posts; reading only the first ones", root_id, THREAD_PAGE * MAX_THREAD_PAGES)
-        return thread_from_posts(root_id, posts)
+        return await self._read_thread(root_id, "down", lambda _replies: False)
 
     async def recent_thread(self, root_id: str, enough: Callable[[Sequence[Post]], bool]) -> Thread:
         """The root and the newest posts of a thread, read newest first until `enough(replies)`
         (newest first) says so: a turn in a 2,000-post thread reads one page, not ten."""
-        root: Post | None = None
-        replies: list[Post] = []  # newest first
+        return await self._read_thread(root_id, "up", enough)
+
+    async def _read_thread(self, root_id: str, direction: str, enough: Callable[[Sequence[Post]], bool]) -> Thread:
+        """Pages of a thread in `direction` (the server's order within a page is none: sorted here)."""
+        posts: list[Post] = []  # the root, wherever it came
+        replies: list[Post] = []  # in reading order
         cursor: tuple[str, int] | None = None
         for _ in range(MAX_THREAD_PAGES):
-            data = await self._call(
-                "thread",
-                self._driver.posts.get_post_thread(
-                    root_id, perPage=THREAD_PAGE, fromPost=cursor[0] if cursor else None,
-                    fromCreateAt=cursor[1] if cursor else None, direction="up",
-                ),
-            )
+            data = await self._call("thread", self._driver.posts.get_post_thread(
+                root_id, perPage=THREAD_PAGE, fromPost=cursor[0] if cursor else None,
+                fromCreateAt=cursor[1] if cursor else None, direction=direction,
+            ))
             page = posts_from_post_list(data)
-            root = root or next((p for p in page if p.id == root_id), None)
-            older = sorted((p for p in page if p.id != root_id), key=lambda p: (p.create_at, p.id), reverse=True)
-            replies.extend(older)
-            if not (isinstance(data, dict) and data.get("has_next") is True) or not older or enough(replies):
+            if not posts:
+                posts.extend(p for p in page if p.id == root_id)
+            newest_first = direction == "up"
+            batch = sorted((p for p in page if p.id != root_id), key=lambda p: (p.create_at, p.id), reverse=newest_first)
+            replies.extend(batch)
+            if not (isinstance(data, dict) and data.get("has_next") is True) or not batch or enough(replies):
                 break
-            if (older[-1].id, older[-1].create_at) == cursor:
+            if (batch[-1].id, batch[-1].create_at) == cursor:
                 break  # no progress: never loop on a confused server
-            cursor = (older[-1].id, older[-1].create_at)
-        return thread_from_posts(root_id, [root, *replies] if root is not None else replies)
+            cursor = (batch[-1].id, batch[-1].create_at)
+        else:
+            log.warning("thread %s has more than %d posts; reading only those", root_id, THREAD_PAGE * MAX_THREAD_PAGES)
+        return thread_from_posts(root_id, posts + replies)
 
     def remember_name(self, user_id: str, username: str) -> None:
         if user_id and username:
