@@ -135,7 +135,7 @@ class Bot:
     def tools(self) -> Tools:
         """What plugins get: the LLM behind the same cap as the chat, token counting, the budgets."""
         s = self.settings
-        return Tools(self.limited_llm, self.tokenizer, s.max_context_tokens, s.max_reply_tokens)
+        return Tools(self.limited_llm, self.tokenizer, s.max_context_tokens, s.max_reply_tokens, s.max_turns)
 
     def add_plugin(self, plugin: Plugin) -> None:
         """Run a plugin (plugins/api.py) as a handler; before start(), in LLMBOT_PLUGINS order."""

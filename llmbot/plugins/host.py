@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConversationOver
 from ..handlers.base import Turn
-from ..record import KIND_END, KIND_REFUSAL
+from ..record import KIND_END, KIND_REFUSAL, turns_in_conversation
 from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
 from ..triggers import trigger_word
 from .api import Listener, Plugin
@@ -57,6 +57,16 @@ class PluginHandler:
             return
         names = await turn.usernames(thread.user_ids())
         message = Message(turn, self.plugin.name, thread, names, self._tools)
+        taken = turns_in_conversation(thread, turn.reply.where.me_id, turn.conversation) if turn.conversation else 0
+        turn.reply.turn = taken + 1
+        cap = self._tools.max_turns
+        if isinstance(decision, Continue) and cap and taken >= cap:  # LLMBOT_MAX_TURNS holds for every plugin
+            await turn.reply.post(
+                f"This conversation has reached its limit of {cap} answers, so I'm leaving it here. "
+                f"Start a new one with `{self.call_word()}` whenever you like.",
+                KIND_END,
+            )
+            raise ConversationOver(f"thread {turn.thread_id} reached {cap} turns")
         if isinstance(decision, (Start, Usage)):
             await self._start(turn, message)
         elif isinstance(decision, Continue):

@@ -25,6 +25,7 @@ class Tools:
     tokenizer: Tokenizer
     context_tokens: int  # LLMBOT_MAX_CONTEXT_TOKENS
     reply_tokens: int  # LLMBOT_MAX_REPLY_TOKENS
+    max_turns: int = 0  # LLMBOT_MAX_TURNS: answers per conversation, for every plugin (0: no cap)
 
 
 class Message:

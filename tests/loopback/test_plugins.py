@@ -108,3 +108,31 @@ class TestSummarize:
         await mm.post_as(world.john, world.town, "thanks!", root_id=root["id"])
         await run.settle(world.town, world.alice)
         assert len(run.replies(root["id"])) == 1
+
+
+class Counter(Plugin):
+    """Counts follow-ups; never ends by itself."""
+
+    name = "counter"
+
+    @listen_to(r"^count$", conversation=True)
+    async def start(self, message: Message) -> None:
+        await message.reply("1")
+
+    async def converse(self, message: Message) -> bool:
+        await message.reply("and one more")
+        return True
+
+
+class TestLimitsForEveryPlugin:
+    async def test_the_turn_cap_ends_a_plugin_s_conversation_too(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(Counter(),), LLMBOT_MAX_TURNS="2")
+        root = await mm.post_as(world.alice, world.town, "count")
+        await run.wait_replies(root["id"], 1)
+        await mm.post_as(world.alice, world.town, "again", root_id=root["id"])
+        await run.wait_replies(root["id"], 2)
+        await mm.post_as(world.alice, world.town, "again", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 3)
+        assert [p["props"].get("llmbot_turn") for p in replies[:2]] == [1, 2]
+        assert replies[-1]["props"][PROP_KIND] == KIND_END and "limit of 2 answers" in replies[-1]["message"]
+        assert await run.bot.store.get(root["id"]) is None
