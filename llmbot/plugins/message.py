@@ -116,6 +116,9 @@ class BlockingMessage:
     def reply(self, text: str, *, state: Mapping[str, Any] | None = None) -> None:
         self._run(lambda: self._message.reply(text, state=state))
 
+    def reply_stream(self, deltas: AsyncGenerator[str, None], *, state: Mapping[str, Any] | None = None) -> None:
+        self._run(lambda: self._message.reply_stream(deltas, state=state))
+
     def end(self, text: str | None = None) -> None:
         self._run(lambda: self._message.end(text))
 

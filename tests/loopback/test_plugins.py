@@ -136,3 +136,23 @@ class TestLimitsForEveryPlugin:
         assert [p["props"].get("llmbot_turn") for p in replies[:2]] == [1, 2]
         assert replies[-1]["props"][PROP_KIND] == KIND_END and "limit of 2 answers" in replies[-1]["message"]
         assert await run.bot.store.get(root["id"]) is None
+
+
+class SyncSummary(Plugin):
+    """A sync plugin that asks the LLM, as mmpy_bot users would write it."""
+
+    name = "syncsum"
+
+    @listen_to(r"^recap$")
+    def recap(self, message: Message) -> None:
+        message.reply_stream(message.llm(message.context("Recap this thread.")))
+
+
+class TestSyncPluginsUseTheLLM:
+    async def test_a_sync_plugin_streams_an_llm_answer(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(SyncSummary(),))
+        llm_server.enqueue(["All", " quiet."])
+        post = await mm.post_as(world.alice, world.town, "recap")
+        (reply,) = await run.wait_replies(post["id"], 1)
+        assert reply["message"] == "All quiet." and reply["props"][PROP_HANDLER] == "syncsum"
+        assert llm_server.requests[-1]["messages"][0] == {"role": "system", "content": "Recap this thread."}
