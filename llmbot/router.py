@@ -23,6 +23,7 @@ class HandlerSpec:
     conversational: bool = True
     conversation_timeout: float | None = None  # seconds of silence that end its conversations; None: LLMBOT_CONVERSATION_TTL
     hints_usage: bool = False  # called with nothing after its trigger ("gpt" alone): a usage hint, not a start
+    interrupts: tuple[re.Pattern[str], ...] = ()  # triggers that win even in a thread bound to another handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +99,19 @@ def route(
     if post.is_system:
         return Ignore("system post")
 
+    text = post.message
+    # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
+    called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
     if bound_handler is not None and not post.is_root:
         if not any(h.name == bound_handler for h in handlers):
             return Ignore(f"thread bound to unknown handler {bound_handler!r}")
         if is_end_word(post.message, end_words, me.mention):
             return End(bound_handler)
+        for handler in handlers:  # interrupts, like the end word, come before the conversation
+            if handler.interrupts and matches_any(called, handler.interrupts):
+                return Start(handler.name)
         return Continue(bound_handler)
 
-    text = post.message
-    # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
-    called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
     for handler in handlers:
         if matches_any(called, handler.triggers):
             return _start_or_usage(handler, text, me)

@@ -91,8 +91,10 @@ class TurnRunner:
             async with asyncio.timeout(self.deadline):
                 await handler.handle(turn)
         except ConversationOver as exc:
-            log.info("%s; conversation closed", exc)
-            await self.store.unbind(thread_id)
+            binding = await self.store.get(thread_id)
+            if binding is not None and binding.handler == job.handler:  # (not another handler's conversation)
+                await self.store.unbind(thread_id)
+                log.info("%s; conversation closed", exc)
             return
         except TurnAborted as exc:
             log.warning("%s; conversation unbound", exc)

@@ -35,6 +35,7 @@ class PluginHandler:
         self.spec = HandlerSpec(
             plugin.name, triggers, conversational=any(listener.conversation for listener in plugin.listeners),
             conversation_timeout=plugin.conversation_timeout,
+            interrupts=tuple(listener.pattern for listener in plugin.listeners if listener.interrupt),
         )
         self._tools = tools
         self._enough = enough_for(tools.context_tokens, tools.tokenizer.count_message)

@@ -156,3 +156,26 @@ class TestSyncPluginsUseTheLLM:
         (reply,) = await run.wait_replies(post["id"], 1)
         assert reply["message"] == "All quiet." and reply["props"][PROP_HANDLER] == "syncsum"
         assert llm_server.requests[-1]["messages"][0] == {"role": "system", "content": "Recap this thread."}
+
+
+class Alarm(Plugin):
+    """An interrupt: it takes its trigger even inside another conversation."""
+
+    name = "alarm"
+
+    @listen_to(r"^alarm\b", interrupt=True)
+    async def ring(self, message: Message) -> None:
+        await message.reply("🔔 Alarm raised.")
+
+
+class TestInterrupts:
+    async def test_an_interrupt_listener_takes_its_trigger_inside_a_chat_conversation(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(Alarm(),))
+        root = await mm.post_as(world.alice, world.town, "gpt hello")
+        await run.wait_replies(root["id"], 1)
+        await mm.post_as(world.bob, world.town, "alarm: the build is red", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["message"] == "🔔 Alarm raised." and replies[-1]["props"][PROP_HANDLER] == "alarm"
+        assert len(llm_server.requests) == 1
+        await mm.post_as(world.alice, world.town, "so, where were we?", root_id=root["id"])  # the chat goes on
+        assert (await run.wait_replies(root["id"], 3))[-1]["props"][PROP_HANDLER] == "gpt"

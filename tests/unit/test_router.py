@@ -85,6 +85,14 @@ class TestBoundThread:
     def test_a_sentence_containing_the_end_word_continues(self, text: str) -> None:
         assert decide(p.reply_in_thread(ROOT, text), "chat") == Continue("chat")
 
+    def test_an_interrupt_trigger_wins_over_the_bound_conversation_but_not_over_the_end_word(self) -> None:
+        alarm = HandlerSpec("alarm", (re.compile(r"^alarm\b", re.IGNORECASE),), interrupts=(re.compile(r"^alarm\b", re.IGNORECASE),))
+        handlers = (CHAT, alarm)
+        assert decide(p.reply_in_thread(ROOT, "alarm now"), "chat", handlers) == Start("alarm")
+        assert decide(p.reply_in_thread(ROOT, "@llmbot alarm now"), "chat", handlers) == Start("alarm")
+        assert decide(p.reply_in_thread(ROOT, "the alarm rang"), "chat", handlers) == Continue("chat")
+        assert decide(p.reply_in_thread(ROOT, "bye"), "chat", handlers) == End("chat")
+
     def test_a_trigger_in_a_bound_thread_continues_rather_than_restarting(self) -> None:
         assert decide(p.reply_in_thread(ROOT, "gpt also this"), "chat") == Continue("chat")
 
