@@ -17,6 +17,7 @@ from . import lifecycle
 from .catchup import CatchUp
 from .context import Speaker
 from .dispatcher import Dispatcher
+from .events import Posted
 from .handlers.base import Handler
 from .handlers.chat import ChatHandler
 from .limits import Limits
@@ -27,7 +28,7 @@ from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .retry import RETRY_BASE
-from .router import HandlerSpec, Identity
+from .router import Decision, HandlerSpec, Identity, route
 from .runner import Job, TurnRunner
 from .scheduler import LimitedLLM, Scheduler
 from .settings import Settings
@@ -99,7 +100,7 @@ class Bot:
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
             deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
-            retry_base=self.retry_base,
+            retry_base=self.retry_base, reroute=self._reroute,
         )
         self.dispatcher = Dispatcher(
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,
@@ -154,6 +155,11 @@ class Bot:
 
     def _answerable(self, post: Post, names: Mapping[str, str]) -> bool:
         return self.policy.is_open or self.policy.user_refusal(post.user_id, names.get(post.user_id, "")) is None
+
+    def _reroute(self, event: Posted) -> Decision:
+        """A post routed as if no conversation held its thread: what its triggers call."""
+        assert self.me is not None and self.dispatcher is not None  # turns run only after start()
+        return route(event, self.me, None, self.dispatcher.specs, self.settings.end_words)
 
     def _on_hello(self, live_ms: int) -> None:
         if self.catch_up is not None:

@@ -74,6 +74,10 @@ class Dispatcher:
         self.overflow_ms: int | None = None  # oldest post dropped while holding: read again over REST
         self._teams_asked: dict[str, float] = {}  # team id -> when its name was last looked up
 
+    @property
+    def specs(self) -> tuple[HandlerSpec, ...]:
+        return self._specs
+
     def handlers_changed(self) -> None:
         self._specs = tuple(h.spec for h in self.handlers.values())
 
@@ -200,7 +204,7 @@ class Dispatcher:
                 await self.store.bind(thread_id, decision.handler, post.user_id, conversation, ttl=spec.conversation_timeout)
         elif isinstance(decision, Continue) and binding is not None:
             conversation = binding.conversation
-            await self.store.touch(thread_id)
+            await self.store.touch(thread_id, decision.handler)
         elif isinstance(decision, End) and binding is not None:
             conversation = binding.conversation
             await self.store.unbind(thread_id)

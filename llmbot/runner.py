@@ -15,7 +15,7 @@ from .handlers.base import Handler, Turn
 from .ports import ChatAPI
 from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
-from .router import Continue, Decision, Start
+from .router import Continue, Decision, Start, Usage
 from .store.base import Store
 from .thread import Post
 
@@ -54,6 +54,7 @@ class TurnRunner:
         answerable: Callable[[Post, Mapping[str, str]], bool],
         deadline: float,
         bot_name: str = "",
+        reroute: Callable[[Posted], Decision] | None = None,
         clock: Callable[[], float] = time.monotonic,
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
@@ -64,6 +65,7 @@ class TurnRunner:
         self.store = store
         self.me_id = me_id
         self.bot_name = bot_name
+        self.reroute = reroute  # routes a post as if no conversation held its thread (its triggers)
         self.answerable = answerable
         self.deadline = deadline
         self.clock = clock
@@ -80,26 +82,50 @@ class TurnRunner:
         )
 
     async def run(self, job: Job) -> None:
+        if await self._run_one(job) is False and isinstance(job.decision, Continue):
+            await self._fall_through(job, {job.handler})
+
+    async def _fall_through(self, job: Job, tried: set[str]) -> None:
+        """A follow-up its conversation declined: the thread's other conversations, most recent
+        first, then the triggers of every handler (which may open a second conversation here)."""
+        post = job.event.post
+        for binding in await self.store.active(post.thread_id):
+            if binding.handler not in tried:
+                tried.add(binding.handler)
+                offer = Job(Continue(binding.handler), job.event, binding.conversation, job.replayed)
+                if await self._run_one(offer) is not False:
+                    return
+        decision = self.reroute(job.event) if self.reroute is not None else None
+        if not isinstance(decision, (Start, Usage)) or decision.handler in tried:
+            log.info("thread %s: post %s declined by every conversation here, and no trigger", post.thread_id, post.id)
+            return
+        spec = self.handlers[decision.handler].spec
+        if isinstance(decision, Start) and spec.conversational:
+            await self.store.bind(post.thread_id, spec.name, post.user_id, post.id, ttl=spec.conversation_timeout)
+        log.info("thread %s: post %s declined; %s takes it by its trigger", post.thread_id, post.id, decision.handler)
+        await self._run_one(Job(decision, job.event, post.id, job.replayed))
+
+    async def _run_one(self, job: Job) -> bool | None:
+        """Run one handler on the job; False if it declined a follow-up."""
         handler = self.handlers.get(job.handler)
         thread_id = job.event.post.thread_id
         if handler is None:
             log.warning("thread %s: no handler %r any more; post %s not answered", thread_id, job.handler, job.event.post.id)
-            return
+            return None
         writer = self._writer(job)
         turn = Turn(job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name)
+        taken: bool | None = None
         try:
             async with asyncio.timeout(self.deadline):
-                await handler.handle(turn)
+                taken = await handler.handle(turn)
         except ConversationOver as exc:
-            binding = await self.store.get(thread_id)
-            if binding is not None and binding.handler == job.handler:  # (not another handler's conversation)
-                await self.store.unbind(thread_id)
+            if await self.store.unbind(thread_id, job.handler):  # its own conversation, not another's
                 log.info("%s; conversation closed", exc)
-            return
+            return None
         except TurnAborted as exc:
             log.warning("%s; conversation unbound", exc)
             await self.store.unbind(thread_id)
-            return
+            return None
         except asyncio.CancelledError:
             await writer.mark_interrupted()  # shutdown: say so in the thread, then stop
             raise
@@ -116,8 +142,11 @@ class TurnRunner:
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD
                 await writer.fail(FAILED, "handler failed (traceback above)")
+        if taken is False:
+            return False
         if isinstance(job.decision, (Start, Continue)):
-            await self.store.touch(thread_id)  # the TTL counts from the end of the answer
+            await self.store.touch(thread_id, job.handler)  # the TTL counts from the end of the answer
+        return taken
 
     async def interrupted(self, job: Job) -> None:
         """A queued turn that shutdown left unanswered: say so, if it was to be answered."""

@@ -74,6 +74,8 @@ class Handler(Protocol):
         """How users call this handler (a trigger word or the bot's @mention), for hints."""
         ...
 
-    async def handle(self, turn: Turn) -> None:
-        """Answer the turn through turn.reply. Raise ConversationOver to end the conversation."""
+    async def handle(self, turn: Turn) -> bool | None:
+        """Answer the turn through turn.reply. Raise ConversationOver to end the conversation. For a
+        follow-up, return False to decline it: it is then offered to the thread's other
+        conversations, then to every handler's triggers."""
         ...

@@ -44,36 +44,38 @@ class PluginHandler:
         word = trigger_word(self.spec.triggers[0]) if self.spec.triggers else None
         return word or self.plugin.name
 
-    async def handle(self, turn: Turn) -> None:
+    async def handle(self, turn: Turn) -> bool | None:
         decision = turn.decision
         if isinstance(decision, End):
             goodbye = f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like."
             await turn.reply.post(goodbye, KIND_END)
-            return
+            return None
         if isinstance(decision, Refuse):
             await turn.reply.post(decision.message, KIND_REFUSAL)
-            return
+            return None
         thread = await turn.read_thread(self._enough)
         if thread is None:
-            return
+            return None
         names = await turn.usernames(thread.user_ids())
         message = Message(turn, self.plugin.name, thread, names, self._tools)
-        taken = turns_in_conversation(thread, turn.reply.where.me_id, turn.conversation) if turn.conversation else 0
-        turn.reply.turn = taken + 1
+        turns = turns_in_conversation(thread, turn.reply.where.me_id, turn.conversation) if turn.conversation else 0
+        turn.reply.turn = turns + 1
         cap = self._tools.max_turns
-        if isinstance(decision, Continue) and cap and taken >= cap:  # LLMBOT_MAX_TURNS holds for every plugin
+        if isinstance(decision, Continue) and cap and turns >= cap:  # LLMBOT_MAX_TURNS holds for every plugin
             await turn.reply.post(
                 f"This conversation has reached its limit of {cap} answers, so I'm leaving it here. "
                 f"Start a new one with `{self.call_word()}` whenever you like.",
                 KIND_END,
             )
             raise ConversationOver(f"thread {turn.thread_id} reached {cap} turns")
+        taken: bool | None = None
         if isinstance(decision, (Start, Usage)):
             await self._start(turn, message)
         elif isinstance(decision, Continue):
-            await self._follow_up(turn, message)
+            taken = await self._follow_up(turn, message)
         if message.ended:
             raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} ended its conversation")
+        return taken
 
     async def _start(self, turn: Turn, message: Message) -> None:
         for listener in self.plugin.listeners:
@@ -90,18 +92,18 @@ class PluginHandler:
         if self.spec.conversational:
             raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} opened nothing")
 
-    async def _follow_up(self, turn: Turn, message: Message) -> None:
+    async def _follow_up(self, turn: Turn, message: Message) -> bool:
         for intent in self.plugin.intents:
             match = intent.pattern.search(message.text)
             if match is not None:
                 log.info("thread %s: plugin %s intent %s takes post %s", turn.thread_id, self.plugin.name, intent.method,
                          message.post_id)
                 await self._call(self.plugin.handler_of(intent.method), message)  # (intents take the message only)
-                return
-        converse = self.plugin.converse
-        taken = await self._call(converse, message)
+                return True
+        taken = bool(await self._call(self.plugin.converse, message))
         if not taken:
             log.info("thread %s: plugin %s declined post %s", turn.thread_id, self.plugin.name, message.post_id)
+        return taken
 
     async def _call(self, function: Callable[..., Any], message: Message, *groups: str | None) -> Any:
         """An async method on the loop; a sync one in a worker thread (its Message methods block)."""

@@ -24,7 +24,7 @@ class Binding:
 
 class Store(Protocol):
     async def get(self, thread_id: str) -> Binding | None:
-        """The thread's live binding, or None (never bound, ended or expired)."""
+        """The thread's most recently active live binding, or None (never bound, ended or expired)."""
 
     async def bind(
         self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
@@ -32,11 +32,16 @@ class Store(Protocol):
         """Bind a thread; `idle` says how long ago its last activity was (0 for a new one); `ttl`
         overrides the store's default for this conversation (a handler's own timeout)."""
 
-    async def touch(self, thread_id: str) -> Binding | None:
-        """Restart the thread's TTL; None if it is no longer bound."""
+    async def active(self, thread_id: str) -> list[Binding]:
+        """The live conversations of the thread, most recently active first (several may be stacked:
+        a plugin's trigger inside another's conversation opens a second one)."""
 
-    async def unbind(self, thread_id: str) -> bool:
-        """End the thread's conversation; False if it was not bound."""
+    async def touch(self, thread_id: str, handler: str | None = None) -> Binding | None:
+        """Restart the TTL of `handler`'s conversation in the thread (the newest one's by default)
+        and make it the most recent; None if it is no longer bound."""
+
+    async def unbind(self, thread_id: str, handler: str | None = None) -> bool:
+        """End `handler`'s conversation in the thread, or all of them; False if none was bound."""
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         """(thread id, last activity) of the live conversations `user_id` opened, least recent first."""

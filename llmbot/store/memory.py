@@ -23,8 +23,10 @@ class MemoryStore:
     def __init__(self, ttl: float, maxsize: int = 200_000, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
         self._ttl = ttl
-        self._bindings: TLRUCache[str, Binding] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, b, _now: b.last_activity + (ttl if b.ttl is None else b.ttl), timer=timer
+        # thread id -> its conversation, or (rarely) several stacked ones, newest first; the entry
+        # lives as long as the longest-lived of them
+        self._bindings: TLRUCache[str, Binding | tuple[Binding, ...]] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)), timer=timer
         )
         # user id -> thread ids they opened, least recently active first. A plain dict of short lists
         # (a TTLCache costs 3x the bytes): ended threads leave it when read, expired ones in a sweep
@@ -39,14 +41,35 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._bindings)
 
+    def _expiry(self, binding: Binding) -> float:
+        return binding.last_activity + (self._ttl if binding.ttl is None else binding.ttl)
+
+    def _live(self, thread_id: str) -> list[Binding]:
+        value = self._bindings.get(thread_id)
+        if value is None:
+            return []
+        now = self._timer()
+        return [b for b in _all(value) if self._expiry(b) > now]
+
+    def _set(self, thread_id: str, bindings: list[Binding]) -> None:
+        if not bindings:
+            self._bindings.pop(thread_id, None)
+        else:
+            self._bindings[thread_id] = bindings[0] if len(bindings) == 1 else tuple(bindings)
+
     async def get(self, thread_id: str) -> Binding | None:
-        return self._bindings.get(thread_id)
+        live = self._live(thread_id)
+        return live[0] if live else None
+
+    async def active(self, thread_id: str) -> list[Binding]:
+        return self._live(thread_id)
 
     async def bind(
         self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
     ) -> Binding:
         binding = Binding(handler, started_by, conversation, self._timer() - idle, ttl)
-        self._bindings[thread_id] = binding
+        others = [b for b in self._live(thread_id) if b.handler != handler]
+        self._set(thread_id, [binding, *others])  # newest first: it is tried first
         threads = self._opened.setdefault(started_by, [])
         if thread_id in threads:
             threads.remove(thread_id)
@@ -60,7 +83,7 @@ class MemoryStore:
     def _sweep(self) -> None:
         """Drop index entries whose conversation ended or expired."""
         for user in list(self._opened):
-            threads = [t for t in self._opened[user] if (b := self._bindings.get(t)) is not None and b.started_by == user]
+            threads = [t for t in self._opened[user] if any(b.started_by == user for b in self._live(t))]
             if threads:
                 self._opened[user] = threads
             else:
@@ -68,20 +91,24 @@ class MemoryStore:
         self._opened_entries = sum(len(t) for t in self._opened.values())
         self._sweep_at = max(1024, 2 * self._opened_entries)
 
-    async def touch(self, thread_id: str) -> Binding | None:
-        old = self._bindings.get(thread_id)
+    async def touch(self, thread_id: str, handler: str | None = None) -> Binding | None:
+        live = self._live(thread_id)
+        old = next((b for b in live if handler is None or b.handler == handler), None)
         if old is None:
             return None
         new = Binding(old.handler, old.started_by, old.conversation, self._timer(), old.ttl)
-        self._bindings[thread_id] = new  # re-setting an item restarts its TTL
+        self._set(thread_id, [new, *(b for b in live if b is not old)])  # the most recently active first
         threads = self._opened.get(old.started_by)
         if threads is not None and thread_id in threads:
             threads.remove(thread_id)  # (a few items: at most the user's open conversations)
             threads.append(thread_id)  # most recent last: the order equal times keep
         return new
 
-    async def unbind(self, thread_id: str) -> bool:
-        return self._bindings.pop(thread_id, None) is not None
+    async def unbind(self, thread_id: str, handler: str | None = None) -> bool:
+        live = self._live(thread_id)
+        rest = [] if handler is None else [b for b in live if b.handler != handler]
+        self._set(thread_id, rest)
+        return len(rest) < len(live)
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         threads = self._opened.get(user_id)
@@ -89,8 +116,8 @@ class MemoryStore:
             return []
         live: list[tuple[str, float]] = []
         for thread_id in threads:
-            binding = self._bindings.get(thread_id)
-            if binding is not None and binding.started_by == user_id:
+            binding = next((b for b in self._live(thread_id) if b.started_by == user_id), None)
+            if binding is not None:
                 live.append((thread_id, binding.last_activity))
         self._opened_entries -= len(threads) - len(live)  # ended or expired since: forgotten
         if live:
@@ -124,3 +151,7 @@ class MemoryStore:
             return False
         seen[key] = True
         return True
+
+
+def _all(value: Binding | tuple[Binding, ...]) -> tuple[Binding, ...]:
+    return value if isinstance(value, tuple) else (value,)

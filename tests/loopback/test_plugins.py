@@ -179,3 +179,32 @@ class TestInterrupts:
         assert len(llm_server.requests) == 1
         await mm.post_as(world.alice, world.town, "so, where were we?", root_id=root["id"])  # the chat goes on
         assert (await run.wait_replies(root["id"], 3))[-1]["props"][PROP_HANDLER] == "gpt"
+
+
+class TestDeclinedFollowUps:
+    async def test_a_declined_follow_up_goes_to_another_plugin_s_trigger_and_the_dialog_goes_on(
+        self, start_bot, world, mm, llm_server
+    ):
+        run = await start_bot(plugins=(FoodSelection(), Summarize()), LLMBOT_PLUGINS="gpt,examples.food_selection:FoodSelection,summarize")
+        root = await mm.post_as(world.alice, world.town, "food monday")
+        await run.wait_replies(root["id"], 1)
+        llm_server.enqueue(["Alice is choosing lunch."])
+        await mm.post_as(world.bob, world.town, "tl;dr", root_id=root["id"])  # food declines it; summarize's trigger takes it
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["props"][PROP_HANDLER] == "summarize" and replies[-1]["message"] == "Alice is choosing lunch."
+        await mm.post_as(world.alice, world.town, "1", root_id=root["id"])  # the food dialog is still active
+        replies = await run.wait_replies(root["id"], 3)
+        assert replies[-1]["props"][PROP_HANDLER] == "food" and replies[-1]["message"].startswith("Enjoy:")
+
+    async def test_a_trigger_declined_by_the_dialog_opens_a_second_conversation_on_top(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(FoodSelection(),), LLMBOT_PLUGINS="gpt,examples.food_selection:FoodSelection")
+        root = await mm.post_as(world.alice, world.town, "food monday")
+        await run.wait_replies(root["id"], 1)
+        llm_server.enqueue(["Vegan means no animal products."])
+        await mm.post_as(world.bob, world.town, "gpt what does vegan mean?", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["props"][PROP_HANDLER] == "gpt"
+        assert [b.handler for b in await run.bot.store.active(root["id"])] == ["gpt", "food"]  # stacked, newest first
+        await mm.post_as(world.alice, world.town, "bye", root_id=root["id"])  # the end word ends both
+        await run.wait_replies(root["id"], 3)
+        assert await run.bot.store.active(root["id"]) == []

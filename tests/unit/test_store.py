@@ -257,3 +257,33 @@ class TestOwnTimeouts:
         clock.advance(61)
         assert await store.get("short") is None
         assert await store.get("long") is not None
+
+
+class TestStackedConversations:
+    async def test_a_second_handler_stacks_on_top_and_each_keeps_its_own_life(self, store: MemoryStore, clock: FakeClock) -> None:
+        await store.bind(ROOT, "food", ALICE, "f", ttl=60)
+        clock.advance(10)
+        await store.bind(ROOT, "chat", "b0b", "c")
+        assert [b.handler for b in await store.active(ROOT)] == ["chat", "food"]
+        assert (await store.get(ROOT)).handler == "chat"  # type: ignore[union-attr]
+        await store.touch(ROOT, "food")  # food answered last: it is tried first now
+        assert [b.handler for b in await store.active(ROOT)] == ["food", "chat"]
+        clock.advance(61)  # food's own minute is over; the chat's hour is not
+        assert [b.handler for b in await store.active(ROOT)] == ["chat"]
+        assert len(store) == 1
+
+    async def test_unbinding_one_leaves_the_other_and_unbinding_all_ends_both(self, store: MemoryStore) -> None:
+        await store.bind(ROOT, "food", ALICE, "f")
+        await store.bind(ROOT, "chat", ALICE, "c")
+        assert await store.unbind(ROOT, "food") is True
+        assert await store.unbind(ROOT, "food") is False
+        assert [b.handler for b in await store.active(ROOT)] == ["chat"]
+        await store.bind(ROOT, "food", ALICE, "f2")
+        assert await store.unbind(ROOT) is True
+        assert await store.active(ROOT) == [] and len(store) == 0
+
+    async def test_binding_the_same_handler_again_replaces_its_conversation(self, store: MemoryStore) -> None:
+        await store.bind(ROOT, "chat", ALICE, "old")
+        await store.bind(ROOT, "food", ALICE, "f")
+        await store.bind(ROOT, "chat", ALICE, "new")
+        assert [(b.handler, b.conversation) for b in await store.active(ROOT)] == [("chat", "new"), ("food", "f")]
