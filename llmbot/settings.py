@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from annotated_types import Ge, Le
 from dotenv import dotenv_values
@@ -23,119 +21,12 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from . import setting_values as parse
 from .errors import ConfigError
+from .setting_values import DEFAULT_TRIGGER, ServerURL
 
-DEFAULT_TRIGGER = r"^gpt\b"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DAY = 86_400.0
 MAX_TOKENS = 2_000_000  # above any model's context window today; larger is a typo
-
-
-@dataclass(frozen=True)
-class ServerURL:
-    """A Mattermost base URL split the way mattermostautodriver wants it."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-# --- parsers: a str from the environment, or the value itself when Settings(...) is built in code.
-# Each raises ValueError with the part of the message that follows "NAME='value' ".
-
-
-def _server_url(value: object) -> ServerURL:
-    if isinstance(value, ServerURL):
-        return value
-    text = str(value).strip()
-    parts = urlsplit(text if "://" in text else "")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or port in (-1, 0):
-        raise ValueError("is not a full URL: use e.g. https://chat.example.com or http://127.0.0.1:8065")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("has a path: Mattermost behind a sub-path is not supported, use the bare server URL")
-    return ServerURL(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
-
-
-def _http_url(value: object) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("is not an http(s) URL: use e.g. http://127.0.0.1:11434/v1")
-    return text
-
-
-def _one_word(value: object) -> str:
-    """Model names and secrets: a space inside can only be a paste error (or a broken header)."""
-    text = str(value).strip()
-    if not text:
-        raise ValueError("is empty: give it a value")
-    if len(text.split()) != 1:
-        raise ValueError("must be a single value without spaces")
-    return text
-
-
-def _regex(value: object) -> re.Pattern[str]:
-    if isinstance(value, re.Pattern):
-        return value
-    try:
-        return re.compile(str(value), re.IGNORECASE)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc}): e.g. {DEFAULT_TRIGGER}") from None
-
-
-def _items(value: object) -> list[str]:
-    """A comma-separated string, or any iterable of strings given in code."""
-    raw = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [value]
-    return [str(item).strip() for item in raw]
-
-
-def _words(value: object) -> tuple[str, ...]:
-    words = tuple(w.casefold() for w in _items(value) if w)
-    if not words or any(len(w.split()) != 1 for w in words):
-        raise ValueError("must be one word or a comma-separated list of words, e.g. bye,goodbye")
-    return words
-
-
-def _plugins(value: object) -> tuple[str, ...]:
-    plugins = tuple(p for p in _items(value) if p)
-    if not plugins or any(not re.fullmatch(r"[\w.]+(:\w+)?", p) for p in plugins) or len(set(plugins)) != len(plugins):
-        raise ValueError(
-            "must be a comma-separated list of plugins without repeats, e.g. gpt,examples.food_selection:FoodSelection"
-        )
-    return plugins
-
-
-def _names(value: object) -> frozenset[str]:
-    """Names or ids, casefolded; a leading @ (users) or ~ (channels) is dropped."""
-    names = frozenset(n.lstrip("@~").casefold() for n in _items(value) if n.lstrip("@~"))
-    if any(len(n.split()) != 1 for n in names):
-        raise ValueError("must be a comma-separated list of names or ids, e.g. town-square,off-topic")
-    return names
-
-
-def _prompt_file(value: object) -> Path | None:
-    if value is None:
-        return None
-    path = Path(str(value).strip()).expanduser()
-    if not path.is_file():
-        raise ValueError("is not a readable file: point it at a prompt file such as prompts/system.md")
-    return path
-
-
-def _level(value: object) -> str:
-    level = str(value).strip().upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return level
 
 
 def _var(name: str, default: Any = ..., **constraints: Any) -> Any:
@@ -154,8 +45,8 @@ def _number(name: str, default: float, low: float, high: float) -> Any:
 # mapping reaches settings_customise_sources this way (safe across threads and tasks).
 _GIVEN: ContextVar[Mapping[str, str] | None] = ContextVar("llmbot_settings_env", default=None)
 
-Secret = Annotated[str, BeforeValidator(_one_word)]
-Names = Annotated[frozenset[str], BeforeValidator(_names)]
+Secret = Annotated[str, BeforeValidator(parse.one_word)]
+Names = Annotated[frozenset[str], BeforeValidator(parse.names)]
 
 
 class Settings(BaseSettings):
@@ -164,21 +55,21 @@ class Settings(BaseSettings):
     # Settings(...) in code validates its arguments like the environment does (kwargs by field name).
     model_config = SettingsConfigDict(frozen=True, populate_by_name=True, case_sensitive=True)
 
-    mattermost_url: Annotated[ServerURL, BeforeValidator(_server_url)] = _var("MATTERMOST_URL")
+    mattermost_url: Annotated[ServerURL, BeforeValidator(parse.server_url)] = _var("MATTERMOST_URL")
     mattermost_token: Secret = _var("MATTERMOST_TOKEN", repr=False, exclude=True)
     openai_api_key: Secret = _var("OPENAI_API_KEY", repr=False, exclude=True)
-    openai_base_url: Annotated[str | None, BeforeValidator(_http_url)] = _var("OPENAI_BASE_URL", None)
-    model: Annotated[str, BeforeValidator(_one_word)] = _var("LLMBOT_MODEL", "gpt-4o-mini")
-    trigger: Annotated[re.Pattern[str], BeforeValidator(_regex)] = _var(
+    openai_base_url: Annotated[str | None, BeforeValidator(parse.http_url)] = _var("OPENAI_BASE_URL", None)
+    model: Annotated[str, BeforeValidator(parse.one_word)] = _var("LLMBOT_MODEL", "gpt-4o-mini")
+    trigger: Annotated[re.Pattern[str], BeforeValidator(parse.regex)] = _var(
         "LLMBOT_TRIGGER", re.compile(DEFAULT_TRIGGER, re.IGNORECASE)
     )
-    end_words: Annotated[tuple[str, ...], BeforeValidator(_words)] = _var("LLMBOT_END", ("bye",))
+    end_words: Annotated[tuple[str, ...], BeforeValidator(parse.words)] = _var("LLMBOT_END", ("bye",))
     # The catch-up looks back one TTL (in ms): inf crashed it, and past 30 days it reads months of posts.
     conversation_ttl: float = _number("LLMBOT_CONVERSATION_TTL", 3600.0, 1, 30 * DAY)
     max_context_tokens: int = _number("LLMBOT_MAX_CONTEXT_TOKENS", 8000, 256, MAX_TOKENS)
     max_reply_tokens: int = _number("LLMBOT_MAX_REPLY_TOKENS", 1000, 1, MAX_TOKENS)
-    system_prompt_file: Annotated[Path | None, BeforeValidator(_prompt_file)] = _var("LLMBOT_SYSTEM_PROMPT_FILE", None)
-    log_level: Annotated[str, BeforeValidator(_level)] = _var("LLMBOT_LOG_LEVEL", "INFO")
+    system_prompt_file: Annotated[Path | None, BeforeValidator(parse.prompt_file)] = _var("LLMBOT_SYSTEM_PROMPT_FILE", None)
+    log_level: Annotated[str, BeforeValidator(parse.level)] = _var("LLMBOT_LOG_LEVEL", "INFO")
     # No single wait may outlast the longest turn deadline (an hour).
     request_timeout: float = _number("LLMBOT_REQUEST_TIMEOUT", 30.0, 0.1, 3600)
     llm_timeout: float = _number("LLMBOT_LLM_TIMEOUT", 120.0, 0.1, 3600)
@@ -192,7 +83,7 @@ class Settings(BaseSettings):
     # Some chat templates demand strict user/assistant alternation.
     merge_user_turns: bool = _var("LLMBOT_MERGE_USER_TURNS", False)
     # In priority order: "gpt" (the built-in chat), module:Class, or an entry point of group llmbot.plugins.
-    plugins: Annotated[tuple[str, ...], BeforeValidator(_plugins)] = _var("LLMBOT_PLUGINS", ("gpt",))
+    plugins: Annotated[tuple[str, ...], BeforeValidator(parse.plugins)] = _var("LLMBOT_PLUGINS", ("gpt",))
     # Access control: names or ids, casefolded; an empty allow list allows everyone. Deny wins.
     allow_teams: Names = _var("LLMBOT_ALLOW_TEAMS", frozenset())
     deny_teams: Names = _var("LLMBOT_DENY_TEAMS", frozenset())
