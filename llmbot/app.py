@@ -28,7 +28,7 @@ from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .retry import RETRY_BASE
-from .router import Decision, HandlerSpec, Identity, route
+from .router import Decision, HandlerSpec, Identity, Start, route
 from .runner import Job, TurnRunner
 from .scheduler import LimitedLLM, Scheduler
 from .settings import Settings
@@ -156,10 +156,12 @@ class Bot:
     def _answerable(self, post: Post, names: Mapping[str, str]) -> bool:
         return self.policy.is_open or self.policy.user_refusal(post.user_id, names.get(post.user_id, "")) is None
 
-    def _reroute(self, event: Posted) -> Decision:
-        """A post routed as if no conversation held its thread: what its triggers call."""
+    async def _reroute(self, event: Posted) -> Decision | None:
+        """A post routed as if no conversation held its thread: what its triggers call, within the
+        per-user limits on opening conversations (as the dispatcher applies them)."""
         assert self.me is not None and self.dispatcher is not None  # turns run only after start()
-        return route(event, self.me, None, self.dispatcher.specs, self.settings.end_words)
+        decision = route(event, self.me, None, self.dispatcher.specs, self.settings.end_words)
+        return await self.limits.admit(event, decision) if isinstance(decision, Start) else decision
 
     def _on_hello(self, live_ms: int) -> None:
         if self.catch_up is not None:

@@ -15,7 +15,7 @@ from .handlers.base import Handler, Turn
 from .ports import ChatAPI
 from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
-from .router import Continue, Decision, Start, Usage
+from .router import Continue, Decision, Refuse, Start, Usage
 from .store.base import Store
 from .thread import Post
 
@@ -54,7 +54,7 @@ class TurnRunner:
         answerable: Callable[[Post, Mapping[str, str]], bool],
         deadline: float,
         bot_name: str = "",
-        reroute: Callable[[Posted], Decision] | None = None,
+        reroute: Callable[[Posted], Awaitable[Decision | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
@@ -65,7 +65,8 @@ class TurnRunner:
         self.store = store
         self.me_id = me_id
         self.bot_name = bot_name
-        self.reroute = reroute  # routes a post as if no conversation held its thread (its triggers)
+        # routes a post as if no conversation held its thread (its triggers), the per-user limits included
+        self.reroute = reroute
         self.answerable = answerable
         self.deadline = deadline
         self.clock = clock
@@ -95,7 +96,10 @@ class TurnRunner:
                 offer = Job(Continue(binding.handler), job.event, binding.conversation, job.replayed)
                 if await self._run_one(offer) is not False:
                     return
-        decision = self.reroute(job.event) if self.reroute is not None else None
+        decision = await self.reroute(job.event) if self.reroute is not None else None
+        if isinstance(decision, Refuse):  # a limit said no to opening another conversation
+            await self._run_one(Job(decision, job.event, "", job.replayed))
+            return
         if not isinstance(decision, (Start, Usage)) or decision.handler in tried:
             log.info("thread %s: post %s declined by every conversation here, and no trigger", post.thread_id, post.id)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from ..record import KIND_END, state_of
 from ..thread import Post, Thread
 from ..tokens import Tokenizer
 from ..triggers import mention_pattern
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,9 @@ class Message:
         writer = self._turn.reply.fork()
         writer.remember(state)
         writer.pages.add(text)
-        if not await writer.deliver():
+        if await writer.deliver():
+            log.info("thread %s: plugin %s replied to post %s", self.thread_id, self._plugin, self.post_id)
+        else:
             await writer.notice(
                 "⚠️ I could not post my answer: Mattermost returned an error. Please try again.", "delivery failed"
             )

@@ -208,3 +208,14 @@ class TestDeclinedFollowUps:
         await mm.post_as(world.alice, world.town, "bye", root_id=root["id"])  # the end word ends both
         await run.wait_replies(root["id"], 3)
         assert await run.bot.store.active(root["id"]) == []
+
+    async def test_a_conversation_opened_by_falling_through_obeys_the_per_user_limits(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(FoodSelection(),), LLMBOT_PLUGINS="gpt,examples.food_selection:FoodSelection",
+                              LLMBOT_MAX_STARTS_PER_MINUTE="1")
+        root = await mm.post_as(world.alice, world.town, "food monday")  # alice's one start this minute
+        await run.wait_replies(root["id"], 1)
+        await mm.post_as(world.alice, world.town, "gpt what does vegan mean?", root_id=root["id"])
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["props"][PROP_KIND] == "refusal" and "last minute" in replies[-1]["message"]
+        assert llm_server.requests == []
+        assert [b.handler for b in await run.bot.store.active(root["id"])] == ["food"]
