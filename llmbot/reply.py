@@ -1,9 +1,8 @@
-"""The reply writer: everything one turn posts into its thread, and how.
+"""The reply writer: everything one turn posts into its thread, and how. Handlers write
+through it and never call Mattermost themselves.
 
-Pages of a long answer, idempotent creates (pending_post_id, and a look-up by props once the
-server has forgotten it), throttled streaming edits, the one closing post a turn may end with
-(a notice, a goodbye), the mark an interrupted answer gets, the typing indicator. Handlers
-write through it and never call Mattermost themselves.
+Pages of a long answer, idempotent creates (creates.py), throttled streaming edits, the one
+closing post a turn may end with (a notice, a goodbye), the mark an interrupted answer gets.
 """
 
 from __future__ import annotations
