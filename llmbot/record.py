@@ -3,7 +3,7 @@ that reads it back. Pure.
 
 Each post of the bot carries:
     llmbot_handler       which handler wrote it
-    llmbot_kind          answer | notice | end | usage | refusal
+    llmbot_kind          answer | notice | end | goodbye | usage | refusal
     llmbot_answers       the id of the newest human post it took into account
     llmbot_conversation  the id of the post that opened the conversation it belongs to
     llmbot_page          for answers, which page of a long answer it is (0, 1, ...)
@@ -35,7 +35,8 @@ MAX_STATE_BYTES = 32 * 1024
 
 KIND_ANSWER = "answer"
 KIND_NOTICE = "notice"
-KIND_END = "end"
+KIND_END = "end"  # this handler's conversation ended (its plugin's end(), a turn cap)
+KIND_GOODBYE = "goodbye"  # the end word: ends every conversation of the thread that was active before it
 KIND_USAGE = "usage"
 KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
 
@@ -44,7 +45,7 @@ KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
 STATUS_LINE = "\n\n_⚠️ "
 
 # Posts of these kinds are not part of a conversation: after one, nothing is live.
-CLOSING_KINDS = (KIND_END, KIND_USAGE, KIND_REFUSAL)
+CLOSING_KINDS = (KIND_END, KIND_GOODBYE, KIND_USAGE, KIND_REFUSAL)
 # Kinds that used a turn of the conversation (None: an answer written before posts were marked).
 _TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)
 
