@@ -7,13 +7,15 @@ into one line per bad variable.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_TRIGGER = r"^gpt\b"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PLUGIN_NAME = re.compile(r"[a-z0-9_.-]+")  # what the loader accepts as a plugin's `name`
+MAX_ACTIVATIONS = 10_000  # a minute; like LLMBOT_MAX_STARTS_PER_MINUTE
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,29 @@ class ServerURL:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PluginNames:
+    """Per-plugin lists of names or ids (casefolded, without @ or ~), in the order written.
+
+    Tuples, not a dict, so that Settings stays hashable; PluginAccess turns them into dicts once."""
+
+    lists: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def as_dict(self) -> dict[str, frozenset[str]]:
+        return dict(self.lists)
+
+
+@dataclass(frozen=True)
+class ActivationLimits:
+    """Activations a plugin may have per minute: `default` for every plugin not in `limits`; 0 = no limit."""
+
+    default: int = 0
+    limits: tuple[tuple[str, int], ...] = ()
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.limits)
 
 
 # --- parsers: a str from the environment, or the value itself when Settings(...) is built in code.
@@ -121,3 +146,97 @@ def level(value: object) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+# --- settings that name plugins. Which plugins exist is known only once they are loaded, so
+# here only the syntax is checked (plugin_access.py names the unknown ones).
+
+_LISTS_SYNTAX = "write plugin=names, with ';' between plugins"
+
+
+def plugin_channels(value: object) -> PluginNames:
+    return _plugin_names(value, "food=~lunch,~kitchen; summarize=town-square")
+
+
+def plugin_users(value: object) -> PluginNames:
+    return _plugin_names(value, "food=@alice,@bob; summarize=@carol")
+
+
+def _plugin_names(value: object, example: str) -> PluginNames:
+    """`food=lunch,kitchen; summarize=town-square`; in code also a PluginNames or a mapping."""
+    if isinstance(value, PluginNames):
+        return value
+    if isinstance(value, Mapping):
+        groups = [(str(plugin), _items(names)) for plugin, names in value.items()]
+    else:
+        groups = []
+        for part in str(value).split(";"):
+            if not part.strip():
+                continue
+            plugin, is_pair, written = part.partition("=")
+            if not is_pair:
+                raise ValueError(f"has {part.strip()!r} without a plugin: {_LISTS_SYNTAX}, e.g. {example}")
+            groups.append((plugin, _items(written)))
+    lists: dict[str, frozenset[str]] = {}
+    for raw_plugin, items in groups:
+        plugin = _plugin(raw_plugin, example)
+        if plugin in lists:
+            raise ValueError(f"names plugin {plugin!r} twice: give all its names in one group, e.g. {example}")
+        names = [n.lstrip("@~").casefold() for n in items if n.lstrip("@~")]
+        if not names:
+            raise ValueError(f"gives plugin {plugin!r} no names: list names or ids after '=', or leave it out, e.g. {example}")
+        for name in names:  # in the order written, so the first mistake is the one named
+            if "=" in name:
+                raise ValueError(f"has {name!r} inside the names of {plugin!r}: {_LISTS_SYNTAX}, e.g. {example}")
+            if len(name.split()) != 1:
+                raise ValueError(f"has {name!r}, which is not a name or id: separate names with ',', e.g. {example}")
+        lists[plugin] = frozenset(names)
+    return PluginNames(tuple(lists.items()))
+
+
+def plugin_set(value: object) -> frozenset[str]:
+    """Plugin names, comma-separated: `gpt,food`."""
+    plugins = [_plugin(p, "gpt,food") for p in _items(value) if p]
+    return frozenset(plugins)
+
+
+def activation_limits(value: object) -> ActivationLimits:
+    """`30` (every plugin), `food=5,gpt=60`, or both: `30,gpt=60` (gpt 60, the others 30); ';' works too."""
+    example = "30 for every plugin, or food=5,gpt=60"
+    if isinstance(value, ActivationLimits):
+        return value
+    if isinstance(value, Mapping):
+        pairs: list[tuple[str | None, object]] = [(str(plugin), count) for plugin, count in value.items()]
+    elif isinstance(value, int):
+        pairs = [(None, value)]
+    else:
+        pairs = []
+        for part in re.split("[,;]", str(value)):
+            plugin, is_pair, count = part.rpartition("=")
+            if part.strip():
+                pairs.append((plugin if is_pair else None, count))
+    default: int | None = None
+    limits: dict[str, int] = {}
+    for raw_plugin, raw_count in pairs:
+        count = str(raw_count).strip()
+        if not re.fullmatch(r"\d+", count) or int(count) > MAX_ACTIVATIONS:
+            raise ValueError(f"has {count!r}, which is not a whole number from 0 to {MAX_ACTIVATIONS}: e.g. {example}")
+        if raw_plugin is None:
+            if default is not None:
+                raise ValueError(f"has two limits for every plugin ({default} and {int(count)}): give one, e.g. {example}")
+            default = int(count)
+            continue
+        plugin = _plugin(raw_plugin, example)
+        if plugin in limits:
+            raise ValueError(f"names plugin {plugin!r} twice: give it one limit, e.g. {example}")
+        limits[plugin] = int(count)
+    return ActivationLimits(default or 0, tuple(limits.items()))
+
+
+def _plugin(raw: str, example: str) -> str:
+    plugin = raw.strip().casefold()
+    if not PLUGIN_NAME.fullmatch(plugin):
+        raise ValueError(
+            f"has {raw.strip()!r}, which is not a plugin name (lowercase letters, digits, _ . -): e.g. {example}"
+        )
+    return plugin

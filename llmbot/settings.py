@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import setting_values as parse
 from .errors import ConfigError
-from .setting_values import DEFAULT_TRIGGER, ServerURL
+from .setting_values import DEFAULT_TRIGGER, ActivationLimits, PluginNames, ServerURL
 
 DAY = 86_400.0
 MAX_TOKENS = 2_000_000  # above any model's context window today; larger is a typo
@@ -47,6 +47,9 @@ _GIVEN: ContextVar[Mapping[str, str] | None] = ContextVar("llmbot_settings_env",
 
 Secret = Annotated[str, BeforeValidator(parse.one_word)]
 Names = Annotated[frozenset[str], BeforeValidator(parse.names)]
+PluginChannels = Annotated[PluginNames, BeforeValidator(parse.plugin_channels)]
+PluginUsers = Annotated[PluginNames, BeforeValidator(parse.plugin_users)]
+Plugins = Annotated[frozenset[str], BeforeValidator(parse.plugin_set)]
 
 
 class Settings(BaseSettings):
@@ -92,10 +95,23 @@ class Settings(BaseSettings):
     allow_users: Names = _var("LLMBOT_ALLOW_USERS", frozenset())
     deny_users: Names = _var("LLMBOT_DENY_USERS", frozenset())
     direct_messages: bool = _var("LLMBOT_DIRECT_MESSAGES", True)
+    # Per plugin (`food=lunch,kitchen; summarize=town-square`), on top of the lists above; a plugin
+    # not named is not restricted. Which plugins exist is checked after loading (plugin_access.py).
+    plugin_allowed_channels: PluginChannels = _var("LLMBOT_PLUGIN_ALLOWED_CHANNELS", PluginNames())
+    plugin_denied_channels: PluginChannels = _var("LLMBOT_PLUGIN_DENIED_CHANNELS", PluginNames())
+    plugin_allowed_users: PluginUsers = _var("LLMBOT_PLUGIN_ALLOWED_USERS", PluginNames())
+    plugin_denied_users: PluginUsers = _var("LLMBOT_PLUGIN_DENIED_USERS", PluginNames())
+    # Plugins that may hold a conversation (empty: all); the others answer one-shot.
+    converse_allowed: Plugins = _var("LLMBOT_CONVERSE_ALLOWED", frozenset())
+    converse_denied: Plugins = _var("LLMBOT_CONVERSE_DENIED", frozenset())
     # Limits; 0 turns a limit off.
     max_starts_per_minute: int = _number("LLMBOT_MAX_STARTS_PER_MINUTE", 10, 0, 10_000)
     max_conversations_per_user: int = _number("LLMBOT_MAX_CONVERSATIONS_PER_USER", 10, 0, 10_000)
     max_turns: int = _number("LLMBOT_MAX_TURNS", 100, 0, 10_000)
+    # Starts a plugin may take per minute, all users together: `30`, `food=5,gpt=60` or `30,gpt=60`.
+    max_activations_per_minute: Annotated[ActivationLimits, BeforeValidator(parse.activation_limits)] = _var(
+        "LLMBOT_MAX_ACTIVATIONS_PER_MINUTE", ActivationLimits()
+    )
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line or a post."""

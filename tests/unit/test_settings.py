@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmbot.errors import ConfigError
+from llmbot.setting_values import ActivationLimits, PluginNames
 from llmbot.settings import (
     DEFAULT_TRIGGER,
     ServerURL,
@@ -367,6 +368,35 @@ class TestNewSettings:
     )
     def test_merge_user_turns_is_on_or_off(self, value: str, expected: bool) -> None:
         assert load_settings(env(LLMBOT_MERGE_USER_TURNS=value)).merge_user_turns is expected
+
+
+class TestPluginSettings:
+    """The per-plugin settings; their parsing is tested in detail in test_plugin_access.py."""
+
+    def test_by_default_no_plugin_is_restricted_or_limited(self) -> None:
+        settings = load_settings(env())
+        for field in ("plugin_allowed_channels", "plugin_denied_channels", "plugin_allowed_users", "plugin_denied_users"):
+            assert getattr(settings, field) == PluginNames()
+        assert settings.converse_allowed == settings.converse_denied == frozenset()
+        assert settings.max_activations_per_minute == ActivationLimits()
+
+    def test_the_per_plugin_lists_read_like_the_global_ones_per_plugin(self) -> None:
+        settings = load_settings(env(LLMBOT_PLUGIN_ALLOWED_CHANNELS="food=~Lunch,kitchen; summarize=town-square"))
+        assert settings.plugin_allowed_channels.as_dict() == {
+            "food": frozenset({"lunch", "kitchen"}), "summarize": frozenset({"town-square"}),
+        }
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("LLMBOT_PLUGIN_ALLOWED_USERS", "@alice"),
+            ("LLMBOT_PLUGIN_DENIED_CHANNELS", "food=a,summarize=b"),
+            ("LLMBOT_CONVERSE_ALLOWED", "gpt food"),
+            ("LLMBOT_MAX_ACTIVATIONS_PER_MINUTE", "food=inf"),
+        ],
+    )
+    def test_a_bad_value_is_one_line_naming_the_variable(self, name: str, value: str) -> None:
+        assert single_problem(env(**{name: value})).startswith(f"{name}={value!r} ")
 
 
 class TestAllProblemsAtOnce:
