@@ -28,7 +28,7 @@ from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .retry import RETRY_BASE
-from .router import Decision, HandlerSpec, Identity, Start, route
+from .router import Decision, HandlerSpec, Identity
 from .runner import Job, TurnRunner
 from .scheduler import LimitedLLM, Scheduler
 from .settings import Settings
@@ -100,7 +100,7 @@ class Bot:
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
             deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
-            retry_base=self.retry_base, reroute=self._reroute,
+            retry_base=self.retry_base, admit=self._admit,
         )
         self.dispatcher = Dispatcher(
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,
@@ -121,7 +121,7 @@ class Bot:
         """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS)."""
         s = self.settings
         return ChatHandler(
-            HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True, hints_usage=True),
+            HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True, hints_usage=True, coalesces=True),
             llm=self.limited_llm,
             tokenizer=self.tokenizer,
             system_prompt=self.system_prompt,
@@ -156,12 +156,9 @@ class Bot:
     def _answerable(self, post: Post, names: Mapping[str, str]) -> bool:
         return self.policy.is_open or self.policy.user_refusal(post.user_id, names.get(post.user_id, "")) is None
 
-    async def _reroute(self, event: Posted) -> Decision | None:
-        """A post routed as if no conversation held its thread: what its triggers call, within the
-        per-user limits on opening conversations (as the dispatcher applies them)."""
-        assert self.me is not None and self.dispatcher is not None  # turns run only after start()
-        decision = route(event, self.me, None, self.dispatcher.specs, self.settings.end_words)
-        return await self.limits.admit(event, decision) if isinstance(decision, Start) else decision
+    async def _admit(self, event: Posted, decision: Decision) -> Decision | None:
+        assert self.dispatcher is not None  # turns run only after start()
+        return await self.dispatcher.admit(event, decision)
 
     def _on_hello(self, live_ms: int) -> None:
         if self.catch_up is not None:

@@ -18,7 +18,7 @@ from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
 from .limits import Limits
 from .policy import AccessPolicy
-from .router import Continue, End, HandlerSpec, Identity, Ignore, Start, route
+from .router import STEPS, Continue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, plan
 from .runner import Job
 from .scheduler import Scheduler
 from .store.base import Store
@@ -175,44 +175,61 @@ class Dispatcher:
         if not self.accepting:
             return False
         post = event.post
-        binding = await self.store.get(post.root_id) if post.root_id else None
-        decision = route(event, self.me, binding.handler if binding else None, self._specs, self.end_words)
-        if isinstance(decision, Ignore):
+        active = await self.store.active(post.root_id) if post.root_id else []
+        routed = plan(event, self.me, tuple(b.handler for b in active), self._specs, self.end_words)
+        decision = routed.decision
+        if isinstance(decision, Ignore) and not routed.passive:
+            if routed.step != 1 and active:
+                log.debug("post %s in thread %s: step 7, nothing takes it", post.id, post.thread_id)
             return False
         if not await self.store.claim(post.id):  # seen twice: a replayed event, or a catch-up overlapping the socket
             return False
         if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
             await self.learn_team_names(event.team_id)
         refusal = None if self.policy.is_open else self.policy.refuses(event)
+        thread_id = post.thread_id
         if refusal is not None:
-            log.info("post %s in thread %s not answered: %s", post.id, post.thread_id, refusal)
+            log.info("post %s in thread %s not answered: %s", post.id, thread_id, refusal)
             admitted = await self.limits.dm_refusal(event, decision)
-        elif isinstance(decision, Start):
-            admitted = await self.limits.admit(event, decision)
         else:
-            admitted = decision
+            for name in routed.passive:  # step 2: in addition to whatever takes the post
+                log.info("post %s in thread %s: step 2 (passive) -> %s", post.id, thread_id, name)
+                self.scheduler.submit(thread_id, Job(Passive(name), event, "", replayed, step=2))
+            admitted = await self.admit(event, decision)
         if admitted is None:
-            return False
+            return bool(routed.passive) and refusal is None
         decision = admitted
         self._remember_name(post.user_id, event.sender_name)
-        thread_id = post.thread_id
         conversation = ""
         if isinstance(decision, Start):
             conversation = post.id  # a new call always opens a new conversation
             spec = self.handlers[decision.handler].spec
             if spec.conversational:
                 await self.store.bind(thread_id, decision.handler, post.user_id, conversation, ttl=spec.conversation_timeout)
-        elif isinstance(decision, Continue) and binding is not None:
-            conversation = binding.conversation
+        elif isinstance(decision, Continue):
+            conversation = next(b.conversation for b in active if b.handler == decision.handler)
             await self.store.touch(thread_id, decision.handler)
-        elif isinstance(decision, End) and binding is not None:
-            conversation = binding.conversation
-            await self.store.unbind(thread_id)
-        what = type(decision).__name__.lower()
-        log.info("post %s in thread %s: %s%s", post.id, thread_id, what, " (caught up)" if replayed else "")
-        job = Job(decision, event, conversation, replayed)
-        self.scheduler.submit(thread_id, job, coalesces=isinstance(decision, Continue))
+        elif isinstance(decision, End):
+            conversation = next(b.conversation for b in active if b.handler == decision.handler)
+            await self.store.unbind(thread_id)  # the end word ends every conversation of the thread
+        caught = " (caught up)" if replayed else ""
+        log.info(
+            "post %s in thread %s: step %d (%s) -> %s, %s%s", post.id, thread_id, routed.step, STEPS[routed.step],
+            decision.handler, type(decision).__name__.lower(), caught,  # type: ignore[union-attr]
+        )
+        job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks)
+        coalesces = isinstance(decision, Continue) and self.handlers[decision.handler].spec.coalesces
+        self.scheduler.submit(thread_id, job, coalesces=coalesces)
         return True
+
+    async def admit(self, event: Posted, decision: Decision) -> Decision | None:
+        """A new call within the per-user limits: the call, a refusal to post, or None (silence).
+        Anything else passes as it is."""
+        if isinstance(decision, Ignore):
+            return None
+        if isinstance(decision, Start):
+            return await self.limits.admit(event, decision)
+        return decision
 
     async def learn_team_names(self, team_id: str = "") -> None:
         """Team names for access lists written with names. A team still unknown after a look-up

@@ -1,8 +1,16 @@
-"""route(): one posted event -> what the bot does. Pure, first match wins.
+"""plan(): one posted event -> what the bot tries, in order. Pure; the README's routing table.
 
-Order: who wrote it (never ourselves, other bots, webhooks, system posts), then a conversation
-already bound to the thread (its end word first, then its handler alone), then new calls
-(trigger words, a DM root post, an @mention). Everything else is ignored at no cost.
+1. Not a human post (the bot itself, other bots, webhooks, system posts) -> ignored.
+2. Passive listeners that match run too (in addition to what follows; they never take the post).
+3. In a thread with active conversations: the end word ends them all (one goodbye); then the
+   handlers' interrupt triggers, in handler order.
+4. The thread's active conversations, most recently active first: the first that accepts takes it.
+5. If none accepts (or none is active): every handler's triggers in order; the first match wins.
+6. A DM root post or an @mention with no trigger -> the first conversational handler.
+7. Nothing matched -> ignored at no cost.
+
+Steps 4-6 are a list of candidates: the runner offers the post to each in turn until one accepts
+(a conversation may decline a follow-up), so which one took it is known only after the turn.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ class HandlerSpec:
     conversation_timeout: float | None = None  # seconds of silence that end its conversations; None: LLMBOT_CONVERSATION_TTL
     hints_usage: bool = False  # called with nothing after its trigger ("gpt" alone): a usage hint, not a start
     interrupts: tuple[re.Pattern[str], ...] = ()  # triggers that win even in a thread bound to another handler
+    passive: tuple[re.Pattern[str], ...] = ()  # listeners that run on every matching post, taking nothing
+    coalesces: bool = False  # follow-ups queued behind a turn are answered once, by the newest (a chat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,13 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Passive:
+    """Run the handler's passive listeners that match; it takes nothing and binds nothing."""
+
+    handler: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refuse:
     """A limit or a policy says no; `message` tells the user (the app decides this, not route())."""
 
@@ -76,7 +93,100 @@ class Refuse:
     message: str
 
 
-Decision = Ignore | Start | Continue | End | Usage | Refuse
+Decision = Ignore | Start | Continue | End | Usage | Refuse | Passive
+
+STEPS = {
+    1: "not a human post",
+    3: "interrupt",
+    4: "active conversation",
+    5: "trigger",
+    6: "direct message or mention",
+    7: "nothing matched",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the bot tries for one post: `candidates` in order (step, decision) until one accepts,
+    and the handlers whose passive listeners match."""
+
+    candidates: tuple[tuple[int, Decision], ...]
+    passive: tuple[str, ...] = ()
+
+    @property
+    def decision(self) -> Decision:
+        return self.candidates[0][1]
+
+    @property
+    def step(self) -> int:
+        return self.candidates[0][0]
+
+    @property
+    def fallbacks(self) -> tuple[tuple[int, Decision], ...]:
+        return self.candidates[1:]
+
+
+def _ignore(step: int, reason: str, passive: tuple[str, ...] = ()) -> Route:
+    return Route(((step, Ignore(reason)),), passive)
+
+
+def plan(
+    event: Posted,
+    me: Identity,
+    active: tuple[str, ...],
+    handlers: tuple[HandlerSpec, ...],
+    end_words: tuple[str, ...],
+) -> Route:
+    """What to try for `event`; `active` names the thread's live conversations, newest first."""
+    post = event.post
+    if post.user_id == me.user_id:
+        return _ignore(1, "own post")
+    if not post.user_id:
+        return _ignore(1, "post without author")
+    if post.from_bot:
+        return _ignore(1, "post by a bot")
+    if post.from_webhook:
+        return _ignore(1, "post by a webhook")
+    if post.is_system:
+        return _ignore(1, "system post")
+
+    text = post.message
+    # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
+    called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
+    passive = tuple(h.name for h in handlers if h.passive and matches_any(called, h.passive))
+    known = {h.name for h in handlers}
+    live = tuple(name for name in active if name in known) if not post.is_root else ()
+    if live:
+        if is_end_word(text, end_words, me.mention):
+            return Route(((3, End(live[0])),), passive)
+        for handler in handlers:  # interrupts, like the end word, come before the conversations
+            if handler.interrupts and matches_any(called, handler.interrupts):
+                return Route(((3, Start(handler.name)),), passive)
+    candidates: list[tuple[int, Decision]] = [(4, Continue(name)) for name in live]
+    new = _new_call(event, me, text, called, handlers)
+    if new is not None:
+        candidates.append(new)
+    if not candidates:
+        return _ignore(7, "no trigger", passive)
+    return Route(tuple(candidates), passive)
+
+
+def _new_call(
+    event: Posted, me: Identity, text: str, called: str, handlers: tuple[HandlerSpec, ...]
+) -> tuple[int, Decision] | None:
+    """Steps 5 and 6: a trigger, or a DM root post / an @mention for the first conversational handler."""
+    post = event.post
+    for handler in handlers:
+        if matches_any(called, handler.triggers):
+            return 5, _start_or_usage(handler, text, me)
+    default = next((h for h in handlers if h.conversational), None)
+    if default is None:
+        return None
+    if event.is_direct and post.is_root:
+        return 6, _start_or_usage(default, text, me, allow_files=post.file_count > 0)
+    if "@" in text and me.mention.search(text):  # the cheap test first: most posts mention nobody
+        return 6, _start_or_usage(default, text, me, allow_files=post.file_count > 0)
+    return None
 
 
 def route(
@@ -86,43 +196,8 @@ def route(
     handlers: tuple[HandlerSpec, ...],
     end_words: tuple[str, ...],
 ) -> Decision:
-    """Decide what to do with `event`. `bound_handler` is the thread's conversation, if any."""
-    post = event.post
-    if post.user_id == me.user_id:
-        return Ignore("own post")
-    if not post.user_id:
-        return Ignore("post without author")
-    if post.from_bot:
-        return Ignore("post by a bot")
-    if post.from_webhook:
-        return Ignore("post by a webhook")
-    if post.is_system:
-        return Ignore("system post")
-
-    text = post.message
-    # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
-    called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
-    if bound_handler is not None and not post.is_root:
-        if not any(h.name == bound_handler for h in handlers):
-            return Ignore(f"thread bound to unknown handler {bound_handler!r}")
-        if is_end_word(post.message, end_words, me.mention):
-            return End(bound_handler)
-        for handler in handlers:  # interrupts, like the end word, come before the conversation
-            if handler.interrupts and matches_any(called, handler.interrupts):
-                return Start(handler.name)
-        return Continue(bound_handler)
-
-    for handler in handlers:
-        if matches_any(called, handler.triggers):
-            return _start_or_usage(handler, text, me)
-    default = handlers[0] if handlers else None
-    if default is None:
-        return Ignore("no handlers")
-    if event.is_direct and post.is_root:
-        return _start_or_usage(default, text, me, allow_files=post.file_count > 0)
-    if "@" in text and me.mention.search(text):  # the cheap test first: most posts mention nobody
-        return _start_or_usage(default, text, me, allow_files=post.file_count > 0)
-    return Ignore("no trigger")
+    """The first thing plan() would try, for a thread with at most one conversation."""
+    return plan(event, me, (bound_handler,) if bound_handler else (), handlers, end_words).decision
 
 
 def _start_or_usage(handler: HandlerSpec, text: str, me: Identity, *, allow_files: bool = False) -> Decision:

@@ -15,7 +15,7 @@ from .handlers.base import Handler, Turn
 from .ports import ChatAPI
 from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
-from .router import Continue, Decision, Refuse, Start, Usage
+from .router import Continue, Decision, Start
 from .store.base import Store
 from .thread import Post
 
@@ -34,6 +34,8 @@ class Job:
     event: Posted
     conversation: str = ""  # id of the post that opened the conversation ("" outside one)
     replayed: bool = False
+    step: int = 0  # the routing table's row that chose it (router.py)
+    fallbacks: tuple[tuple[int, Decision], ...] = ()  # tried in order if a follow-up is declined
 
     @property
     def handler(self) -> str:
@@ -54,7 +56,7 @@ class TurnRunner:
         answerable: Callable[[Post, Mapping[str, str]], bool],
         deadline: float,
         bot_name: str = "",
-        reroute: Callable[[Posted], Awaitable[Decision | None]] | None = None,
+        admit: Callable[[Posted, Decision], Awaitable[Decision | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
@@ -65,8 +67,8 @@ class TurnRunner:
         self.store = store
         self.me_id = me_id
         self.bot_name = bot_name
-        # routes a post as if no conversation held its thread (its triggers), the per-user limits included
-        self.reroute = reroute
+        # a new call taken after declines passes the limits the dispatcher applies to new calls
+        self.admit = admit
         self.answerable = answerable
         self.deadline = deadline
         self.clock = clock
@@ -84,30 +86,35 @@ class TurnRunner:
 
     async def run(self, job: Job) -> None:
         if await self._run_one(job) is False and isinstance(job.decision, Continue):
-            await self._fall_through(job, {job.handler})
+            await self._fall_through(job)
 
-    async def _fall_through(self, job: Job, tried: set[str]) -> None:
-        """A follow-up its conversation declined: the thread's other conversations, most recent
-        first, then the triggers of every handler (which may open a second conversation here)."""
+    async def _fall_through(self, job: Job) -> None:
+        """A follow-up its conversation declined: the route's next candidates (router.plan), i.e.
+        the thread's other conversations, most recent first, then the handler its triggers call
+        (which may open a second conversation in the thread)."""
         post = job.event.post
-        for binding in await self.store.active(post.thread_id):
-            if binding.handler not in tried:
-                tried.add(binding.handler)
-                offer = Job(Continue(binding.handler), job.event, binding.conversation, job.replayed)
+        for step, decision in job.fallbacks:
+            if isinstance(decision, Continue):
+                binding = next((b for b in await self.store.active(post.thread_id) if b.handler == decision.handler), None)
+                if binding is None:  # ended while this post waited
+                    continue
+                offer = Job(decision, job.event, binding.conversation, job.replayed, step)
                 if await self._run_one(offer) is not False:
+                    log.info("post %s in thread %s: declined before; step %d -> %s", post.id, post.thread_id, step,
+                             decision.handler)
                     return
-        decision = await self.reroute(job.event) if self.reroute is not None else None
-        if isinstance(decision, Refuse):  # a limit said no to opening another conversation
-            await self._run_one(Job(decision, job.event, "", job.replayed))
+                continue
+            admitted = await self.admit(job.event, decision) if self.admit is not None else decision
+            if admitted is None:
+                break
+            if isinstance(admitted, Start) and self.handlers[admitted.handler].spec.conversational:
+                spec = self.handlers[admitted.handler].spec
+                await self.store.bind(post.thread_id, spec.name, post.user_id, post.id, ttl=spec.conversation_timeout)
+            log.info("post %s in thread %s: declined before; step %d -> %s, %s", post.id, post.thread_id, step,
+                     admitted.handler, type(admitted).__name__.lower())  # type: ignore[union-attr]
+            await self._run_one(Job(admitted, job.event, post.id if isinstance(admitted, Start) else "", job.replayed, step))
             return
-        if not isinstance(decision, (Start, Usage)) or decision.handler in tried:
-            log.info("thread %s: post %s declined by every conversation here, and no trigger", post.thread_id, post.id)
-            return
-        spec = self.handlers[decision.handler].spec
-        if isinstance(decision, Start) and spec.conversational:
-            await self.store.bind(post.thread_id, spec.name, post.user_id, post.id, ttl=spec.conversation_timeout)
-        log.info("thread %s: post %s declined; %s takes it by its trigger", post.thread_id, post.id, decision.handler)
-        await self._run_one(Job(decision, job.event, post.id, job.replayed))
+        log.info("post %s in thread %s: declined by every conversation here, and no trigger", post.id, post.thread_id)
 
     async def _run_one(self, job: Job) -> bool | None:
         """Run one handler on the job; False if it declined a follow-up."""

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConversationOver
 from ..handlers.base import Turn
 from ..record import KIND_END, KIND_REFUSAL, turns_in_conversation
-from ..router import Continue, End, HandlerSpec, Refuse, Start, Usage
+from ..router import Continue, End, HandlerSpec, Passive, Refuse, Start, Usage
 from ..triggers import trigger_word
 from .api import Listener, Plugin
 from .message import BlockingMessage, Message, Tools, enough_for
@@ -36,6 +36,7 @@ class PluginHandler:
             plugin.name, triggers, conversational=any(listener.conversation for listener in plugin.listeners),
             conversation_timeout=plugin.conversation_timeout,
             interrupts=tuple(listener.pattern for listener in plugin.listeners if listener.interrupt),
+            passive=tuple(listener.pattern for listener in plugin.listeners if listener.passive),
         )
         self._tools = tools
         self._enough = enough_for(tools.context_tokens, tools.tokenizer.count_message)
@@ -69,6 +70,9 @@ class PluginHandler:
             )
             raise ConversationOver(f"thread {turn.thread_id} reached {cap} turns")
         taken: bool | None = None
+        if isinstance(decision, Passive):
+            await self._passive(turn, message)
+            return None
         if isinstance(decision, (Start, Usage)):
             await self._start(turn, message)
         elif isinstance(decision, Continue):
@@ -91,6 +95,15 @@ class PluginHandler:
         log.info("thread %s: no listener of plugin %s takes post %s", turn.thread_id, self.plugin.name, message.post_id)
         if self.spec.conversational:
             raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} opened nothing")
+
+    async def _passive(self, turn: Turn, message: Message) -> None:
+        """Step 2: every passive listener that matches runs; none takes the post or binds anything."""
+        for listener in self.plugin.listeners:
+            match = listener.pattern.search(message.text) if listener.passive else None
+            if match is not None and _passes(listener, turn, message):
+                log.info("thread %s: plugin %s sees post %s (%s, passive)", turn.thread_id, self.plugin.name,
+                         message.post_id, listener.method)
+                await self._call(self.plugin.handler_of(listener.method), message, *match.groups())
 
     async def _follow_up(self, turn: Turn, message: Message) -> bool:
         for intent in self.plugin.intents:

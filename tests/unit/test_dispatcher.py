@@ -57,7 +57,7 @@ class StubHandler:
         raise AssertionError("the dispatcher tests run no handler")
 
 
-GPT = StubHandler(HandlerSpec("gpt", (re.compile(r"^gpt\b", re.IGNORECASE),), conversational=True, hints_usage=True))
+GPT = StubHandler(HandlerSpec("gpt", (re.compile(r"^gpt\b", re.IGNORECASE),), conversational=True, hints_usage=True, coalesces=True))
 SUMMARY = StubHandler(HandlerSpec("sum", (re.compile(r"^sum\b", re.IGNORECASE),), conversational=False))
 
 

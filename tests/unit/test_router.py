@@ -104,10 +104,11 @@ class TestBoundThread:
         decision = decide(p.reply_in_thread(ROOT, "bye"), "tldr", handlers=(CHAT, TLDR))
         assert decision == End("tldr")
 
-    def test_a_thread_bound_to_an_unknown_handler_is_ignored(self) -> None:
-        decision = decide(p.reply_in_thread(ROOT, "gpt hello"), "retired-handler")
-        assert isinstance(decision, Ignore)
-        assert "retired-handler" in decision.reason
+    def test_a_conversation_of_a_retired_handler_holds_nothing(self) -> None:
+        """A plugin taken out of LLMBOT_PLUGINS: its conversations take no follow-up, triggers work."""
+        assert decide(p.reply_in_thread(ROOT, "and then?"), "retired-handler") == Ignore("no trigger")
+        assert decide(p.reply_in_thread(ROOT, "bye"), "retired-handler") == Ignore("no trigger")
+        assert decide(p.reply_in_thread(ROOT, "gpt hello"), "retired-handler") == Start("chat")
 
     def test_a_configured_end_word_list_is_honoured(self) -> None:
         event = posted(p.reply_in_thread(ROOT, "Ciao!"))
@@ -143,15 +144,16 @@ class TestTriggers:
         assert decide(p.alice_in_town_square("tl;dr the design doc"), handlers=(TLDR,)) == Start("tldr")
 
     def test_with_no_handlers_nothing_is_done(self) -> None:
-        assert decide(p.dm_from_alice("hello"), handlers=()) == Ignore("no handlers")
+        assert decide(p.dm_from_alice("hello"), handlers=()) == Ignore("no trigger")
 
 
 class TestDirectMessages:
     def test_a_root_post_in_a_dm_starts_without_any_prefix(self) -> None:
         assert decide(p.dm_from_alice("what is a monad?")) == Start("chat")
 
-    def test_a_dm_goes_to_the_first_handler(self) -> None:
-        assert decide(p.dm_from_alice("what is a monad?"), handlers=(TLDR, CHAT)) == Start("tldr")
+    def test_a_dm_goes_to_the_first_conversational_handler(self) -> None:
+        assert decide(p.dm_from_alice("what is a monad?"), handlers=(TLDR, CHAT)) == Start("chat")
+        assert decide(p.dm_from_alice("what is a monad?"), handlers=(TLDR,)) == Ignore("no trigger")
 
     def test_a_dm_reply_in_an_unbound_thread_is_ignored(self) -> None:
         assert decide(p.dm_from_alice("one more thing", root_id=ROOT)) == Ignore("no trigger")
