@@ -15,20 +15,19 @@ from datetime import UTC, datetime
 
 from . import lifecycle
 from .catchup import CatchUp
-from .context import Speaker
 from .dispatcher import Dispatcher
 from .events import Posted
 from .handlers.base import Handler
-from .handlers.chat import ChatHandler
 from .limits import Limits
 from .plugins.api import Plugin
+from .plugins.gpt import GptChat
 from .plugins.host import PluginHandler
 from .plugins.message import Tools
 from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
 from .retry import RETRY_BASE
-from .router import Decision, HandlerSpec, Identity
+from .router import Decision, Identity
 from .runner import Job, TurnRunner
 from .scheduler import LimitedLLM, Scheduler
 from .settings import Settings
@@ -94,9 +93,11 @@ class Bot:
         added_before = list(self.handlers.values())  # plugins, in LLMBOT_PLUGINS order without the chat
         self.handlers.clear()
         if GPT_HANDLER in s.plugins:  # the chat takes its place in LLMBOT_PLUGINS (first: it answers DMs and @mentions)
-            added_before.insert(s.plugins.index(GPT_HANDLER), self._chat(me))
+            added_before.insert(s.plugins.index(GPT_HANDLER), self._chat())
         for handler in added_before:
             self.handlers[handler.spec.name] = handler
+            if isinstance(handler, PluginHandler):
+                handler.bot_name = me.username
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
             deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
@@ -117,21 +118,9 @@ class Bot:
         log.info("logged in as @%s (%s); tokens counted with %s", me.username, me.user_id, self.tokenizer.name)
         return me
 
-    def _chat(self, me: Identity) -> ChatHandler:
-        """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS)."""
-        s = self.settings
-        return ChatHandler(
-            HandlerSpec(GPT_HANDLER, (s.trigger,), conversational=True, hints_usage=True, coalesces=True),
-            llm=self.limited_llm,
-            tokenizer=self.tokenizer,
-            system_prompt=self.system_prompt,
-            speaker=Speaker(me.user_id, me.mention, (s.trigger,)),
-            bot_name=me.username,
-            context_tokens=s.max_context_tokens,
-            reply_tokens=s.max_reply_tokens,
-            max_turns=s.max_turns,
-            now=self.now,
-        )
+    def _chat(self) -> PluginHandler:
+        """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS): a plugin like any other."""
+        return PluginHandler(GptChat(self.settings.trigger, self.system_prompt, self.now), self.tools())
 
     def tools(self) -> Tools:
         """What plugins get: the LLM behind the same cap as the chat, token counting, the budgets."""

@@ -116,6 +116,9 @@ def recent_turns(thread: Thread, me: Speaker, names: Mapping[str, str], budget: 
 
 def _human_text(post: Post, me: Speaker) -> str:
     text = strip_call(post.message, me.triggers, me.mention) if post.message else ""
+    if not text and post.message and me.triggers:
+        # the call was all there was ("tl;dr"): it is the request, so the model reads it
+        text = strip_call(post.message, (), me.mention)
     if post.file_count:
         files = f"{post.file_count} attached file{'s' if post.file_count > 1 else ''}, which you cannot open"
         text = f"{text} ({files})" if text else f"({files})"

@@ -138,18 +138,21 @@ class TurnRunner:
             await self.store.unbind(thread_id)
             return None
         except asyncio.CancelledError:
-            await writer.mark_interrupted()  # shutdown: say so in the thread, then stop
+            await turn.reply.mark_interrupted()  # shutdown: say so in the thread, then stop
             raise
         except TimeoutError:
+            writer = turn.reply  # the turn's newest post: a partial answer is marked, not doubled
             writer.deadline = self.clock() + LAST_WORD
             await writer.fail(TOO_SLOW, f"the turn took longer than LLMBOT_TURN_DEADLINE ({self.deadline:g}s)")
         except ChatError as exc:
             log.warning("thread %s: Mattermost refused a call: %s", thread_id, exc)
+            writer = turn.reply
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD
                 await writer.fail(FAILED, f"Mattermost refused a call: {exc}")
         except Exception:
             log.exception("thread %s: handler %s failed on post %s", thread_id, job.handler, job.event.post.id)
+            writer = turn.reply
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD
                 await writer.fail(FAILED, "handler failed (traceback above)")

@@ -94,6 +94,19 @@ def listen_to(
     return mark
 
 
+def listener(pattern: str | re.Pattern[str], method: str, **options: Any) -> Listener:
+    """A trigger made at run time, for a plugin whose pattern comes from its configuration: set
+    `self.listeners = (listener(pattern, "start", conversation=True),)` in `__init__`. The options
+    are `listen_to`'s."""
+    mark = listen_to(pattern, **options)
+
+    def named() -> None: ...
+
+    named.__name__ = method
+    found: Listener = getattr(mark(named), _LISTENER)
+    return found
+
+
 def conversational_intent(pattern: str | re.Pattern[str]) -> Callable[[F], F]:
     """Run the decorated method for follow-ups matching `pattern` while the plugin's conversation
     is active in the thread; tried before `converse()`."""
@@ -112,8 +125,14 @@ class Plugin:
 
     name: ClassVar[str] = ""
     conversation_timeout: ClassVar[float | None] = None
-    listeners: ClassVar[tuple[Listener, ...]] = ()
-    intents: ClassVar[tuple[Intent, ...]] = ()
+    # Posted when the plugin's trigger comes with nothing after it ("gpt" alone); `{call}` is the
+    # trigger word. None: such a post is called like any other.
+    usage_hint: ClassVar[str | None] = None
+    # Follow-ups that queue up while a turn of the thread runs are answered once, by the newest:
+    # right for a plugin that answers the thread as a whole (a chat), wrong for a dialog.
+    coalesce: ClassVar[bool] = False
+    listeners: tuple[Listener, ...] = ()
+    intents: tuple[Intent, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -17,8 +17,9 @@ from typing import Any
 
 from ..errors import ConversationOver
 from ..handlers.base import Turn
-from ..record import KIND_END, KIND_REFUSAL, turns_in_conversation
+from ..record import KIND_END, KIND_GOODBYE, KIND_REFUSAL, KIND_USAGE, PROP_HANDLER, already_answered, turns_in_conversation
 from ..router import Continue, End, HandlerSpec, Passive, Refuse, Start, Usage
+from ..thread import Thread
 from ..triggers import trigger_word
 from .api import Listener, Plugin
 from .message import BlockingMessage, Message, Tools, enough_for
@@ -37,28 +38,39 @@ class PluginHandler:
             conversation_timeout=plugin.conversation_timeout,
             interrupts=tuple(listener.pattern for listener in plugin.listeners if listener.interrupt),
             passive=tuple(listener.pattern for listener in plugin.listeners if listener.passive),
+            hints_usage=plugin.usage_hint is not None, coalesces=plugin.coalesce,
         )
+        self.bot_name = ""  # set by the app once logged in: the @mention is the call word of last resort
         self._tools = tools
         self._enough = enough_for(tools.context_tokens, tools.tokenizer.count_message)
 
     def call_word(self) -> str:
         word = trigger_word(self.spec.triggers[0]) if self.spec.triggers else None
-        return word or self.plugin.name
+        return word or (f"@{self.bot_name}" if self.bot_name else self.plugin.name)
 
     async def handle(self, turn: Turn) -> bool | None:
         decision = turn.decision
-        if isinstance(decision, End):
+        if isinstance(decision, End):  # the end word: one goodbye for every conversation of the thread
             goodbye = f"👋 Conversation ended. Start a new one with `{self.call_word()}` whenever you like."
-            await turn.reply.post(goodbye, KIND_END)
+            await turn.reply.post(goodbye, KIND_GOODBYE)
             return None
         if isinstance(decision, Refuse):
             await turn.reply.post(decision.message, KIND_REFUSAL)
             return None
-        thread = await turn.read_thread(self._enough)
+        if isinstance(decision, Usage) and self.plugin.usage_hint is not None:
+            await turn.reply.post(self.plugin.usage_hint.replace("{call}", self.call_word()), KIND_USAGE)
+            return None
+        # A conversation opened by a live root post has a thread of exactly that post: no read.
+        known = isinstance(decision, Start) and turn.post.is_root and not turn.replayed
+        thread = Thread(turn.thread_id, (turn.post,)) if known else await turn.read_thread(self._enough)
         if thread is None:
             return None
+        if not known and not isinstance(decision, Passive) and self._answered(thread, turn):
+            log.info("thread %s: post %s was answered already; nothing new for %s", turn.thread_id, turn.post.id,
+                     self.plugin.name)
+            return None
         names = await turn.usernames(thread.user_ids())
-        message = Message(turn, self.plugin.name, thread, names, self._tools)
+        message = Message(turn, self.plugin.name, thread, names, self._tools, self.spec.triggers)
         turns = turns_in_conversation(thread, turn.reply.where.me_id, turn.conversation) if turn.conversation else 0
         turn.reply.turn = turns + 1
         cap = self._tools.max_turns
@@ -81,6 +93,13 @@ class PluginHandler:
             raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} ended its conversation")
         return taken
 
+    def _answered(self, thread: Thread, turn: Turn) -> bool:
+        """Did this plugin already answer the post, or a newer one (a replayed post; a follow-up
+        its previous turn answered with the thread)? Other plugins' posts don't count."""
+        me = turn.reply.where.me_id
+        posts = tuple(p for p in thread.posts if p.user_id != me or p.props.get(PROP_HANDLER) == self.plugin.name)
+        return already_answered(Thread(thread.root_id, posts), turn.post, me)
+
     async def _start(self, turn: Turn, message: Message) -> None:
         for listener in self.plugin.listeners:
             match = listener.pattern.search(message.text)
@@ -91,6 +110,10 @@ class PluginHandler:
             await self._call(self.plugin.handler_of(listener.method), message, *match.groups())
             if not listener.conversation and not message.ended:
                 raise ConversationOver(f"thread {turn.thread_id}: {self.plugin.name}.{listener.method} holds no conversation")
+            return
+        # Step 6 (a DM or an @mention without a trigger) calls the first conversational plugin:
+        # no listener matches, so its converse() is asked, as for a follow-up.
+        if self.spec.conversational and await self._call(self.plugin.converse, message):
             return
         log.info("thread %s: no listener of plugin %s takes post %s", turn.thread_id, self.plugin.name, message.post_id)
         if self.spec.conversational:

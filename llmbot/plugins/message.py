@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..context import ChatMessage, Speaker, build_messages
-from ..errors import LlmbotError
+from ..context import ChatMessage, Speaker, build_messages, participants
+from ..errors import ContextTooLong, LlmbotError
 from ..handlers.base import Turn
 from ..ports import LLMClient
-from ..record import KIND_END, state_of
+from ..record import KIND_END, newest_human_post, state_of
+from ..reply import ReplyWriter
 from ..thread import Post, Thread
 from ..tokens import Tokenizer
 from ..triggers import mention_pattern
+
+NEAR_LIMIT = 0.9  # a prompt this close to the budget may be over the server's window
+TOO_LONG = "⚠️ This conversation is too long for the language model. Please start a new one."
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,14 @@ class Message:
     turn (its root and newest posts, read once and shared); `state` is the newest state this
     plugin stored in the current conversation of this thread, or None."""
 
-    def __init__(self, turn: Turn, plugin: str, thread: Thread, names: Mapping[str, str], tools: Tools) -> None:
+    def __init__(
+        self, turn: Turn, plugin: str, thread: Thread, names: Mapping[str, str], tools: Tools,
+        triggers: tuple[re.Pattern[str], ...] = (),
+    ) -> None:
         self._turn = turn
         self._plugin = plugin
         self._tools = tools
+        self._triggers = triggers  # the plugin's own, dropped from people's posts in context()
         self.thread = thread
         self.names = dict(names)  # user id -> username, for the people in `thread`
         self.ended = False  # end() was called: the conversation is over
@@ -52,8 +61,26 @@ class Message:
         self.channel_id = post.channel_id
         self.thread_id = post.thread_id
         self.is_direct = turn.event.is_direct
+        event = turn.event
+        self.channel_name = event.channel_display_name or event.channel_name  # "" when Mattermost did not say
         self.bot_name = turn.bot_name
         self.state: dict[str, Any] | None = state_of(thread, turn.reply.where.me_id, plugin, turn.conversation)
+
+    @property
+    def people(self) -> list[str]:
+        """The usernames of the people in `thread`, in the order they first wrote."""
+        return participants(self.thread, self._speaker(), self.names)
+
+    def _speaker(self) -> Speaker:
+        return Speaker(self._turn.reply.where.me_id, mention_pattern(self._turn.bot_name or "-"), self._triggers)
+
+    def _writer(self) -> ReplyWriter:
+        """The turn's writer for its first post, a new one for each further post. The runner
+        finishes the newest (marks it cut short) when the turn fails or is stopped."""
+        current = self._turn.reply
+        if current.posted or current.closing is not None:
+            current = self._turn.reply = current.fork()
+        return current
 
     async def whole_thread(self) -> Thread:
         """Every post of the thread (read over REST now: for plugins that need all of it)."""
@@ -64,7 +91,7 @@ class Message:
         `state` (a JSON object of at most 32 KB) is kept in the post for the next turns."""
         if not text.strip():
             raise LlmbotError(f"plugin {self._plugin}: reply() needs some text")
-        writer = self._turn.reply.fork()
+        writer = self._writer()
         writer.remember(state)
         writer.pages.add(text)
         if await writer.deliver():
@@ -79,26 +106,52 @@ class Message:
     def context(self, system: str, *, budget: int | None = None) -> list[ChatMessage]:
         """`thread` as chat messages for the LLM within `budget` tokens (LLMBOT_MAX_CONTEXT_TOKENS):
         `system` first, the bot's answers as assistant, each person's posts as user."""
-        me = Speaker(self._turn.reply.where.me_id, mention_pattern(self._turn.bot_name or "-"), ())
         tools = self._tools
-        return build_messages(self.thread, system, me, self.names, budget or tools.context_tokens, tools.tokenizer)
+        return build_messages(self.thread, system, self._speaker(), self.names, budget or tools.context_tokens, tools.tokenizer)
 
     def llm(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> AsyncGenerator[str, None]:
         """The configured LLM's answer to `messages`, as it streams (for reply_stream)."""
-        return self._tools.llm.stream(messages, max_tokens or self._tools.reply_tokens)
+        return self._stream(messages, max_tokens, self._tools.context_tokens)
+
+    def _stream(self, messages: Sequence[ChatMessage], max_tokens: int | None, budget: int) -> AsyncGenerator[str, None]:
+        size = sum(self._tools.tokenizer.count_message(m.content) for m in messages)
+        return self._tools.llm.stream(messages, max_tokens or self._tools.reply_tokens, near_limit=size >= budget * NEAR_LIMIT)
 
     async def reply_stream(self, deltas: AsyncGenerator[str, None], *, state: Mapping[str, Any] | None = None) -> None:
-        """Stream text into one reply as it comes (an LLM answer), split and marked like the chat's."""
-        writer = self._turn.reply.fork()
+        """Stream text into one reply as it comes (an LLM answer), split and marked like the chat's.
+        ContextTooLong (the server found the prompt too long, before any text) is raised to the caller."""
+        writer = self._writer()
         writer.remember(state)
         async with writer.typing() as stop_typing:
             await writer.stream(deltas, stop_typing)
+
+    async def reply_llm(self, system: str, *, state: Mapping[str, Any] | None = None) -> None:
+        """The chat's turn in one call: `thread` as the model's context within the budget, `system`
+        first, and its answer streamed into one reply. The reply answers the thread's newest post
+        (posts that queued up meanwhile are answered with it). If the server finds the context too
+        long, it is cut to a quarter once; still too long, the thread gets a short notice."""
+        me = self._turn.reply.where.me_id
+        newest = newest_human_post(self.thread, me, lambda post: self._turn.answerable(post, self.names))
+        budget = self._tools.context_tokens
+        while True:
+            writer = self._writer()
+            writer.answers = newest.id if newest is not None else self.post_id
+            messages = self.context(system, budget=budget)
+            try:
+                await self.reply_stream(self._stream(messages, None, budget), state=state)
+                return
+            except ContextTooLong:  # raised only while nothing was shown yet
+                if budget <= self._tools.context_tokens // 4:
+                    await writer.notice(TOO_LONG, f"context too long even at {budget} tokens (LLMBOT_MAX_CONTEXT_TOKENS)")
+                    return
+                budget //= 4  # the server's limit is below ours: cut hard, once
+                log.info("thread %s: context too long for the model; retrying with %d tokens", self.thread_id, budget)
 
     async def end(self, text: str | None = None) -> None:
         """End this plugin's conversation in the thread; `text`, if any, is its goodbye."""
         self.ended = True
         if text:
-            await self._turn.reply.fork().post(text, KIND_END)
+            await self._writer().post(text, KIND_END)
 
 
 class BlockingMessage:
@@ -123,6 +176,9 @@ class BlockingMessage:
 
     def reply_stream(self, deltas: AsyncGenerator[str, None], *, state: Mapping[str, Any] | None = None) -> None:
         self._run(lambda: self._message.reply_stream(deltas, state=state))
+
+    def reply_llm(self, system: str, *, state: Mapping[str, Any] | None = None) -> None:
+        self._run(lambda: self._message.reply_llm(system, state=state))
 
     def end(self, text: str | None = None) -> None:
         self._run(lambda: self._message.end(text))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
-from llmbot.record import KIND_END, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
+from llmbot.record import KIND_GOODBYE, KIND_NOTICE, KIND_USAGE, PROP_HANDLER, PROP_KIND
 from llmbot.retry import ATTEMPTS
 from tests.loopback.conftest import user_turns
 
@@ -79,7 +79,7 @@ class TestEndingAConversation:
         await run.wait_replies(root["id"], 1)
         await mm.post_as(world.alice, world.town, "Bye!", root_id=root["id"])
         replies = await run.wait_replies(root["id"], 2)
-        assert replies[-1]["props"][PROP_KIND] == KIND_END
+        assert replies[-1]["props"][PROP_KIND] == KIND_GOODBYE
         calls = len(llm_server.requests)
         await mm.post_as(world.alice, world.town, "are you still there?", root_id=root["id"])
         await run.settle(world.town, world.bob)

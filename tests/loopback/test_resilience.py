@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llmbot.errors import ChatAuthError
-from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
+from llmbot.record import KIND_ANSWER, KIND_END, KIND_GOODBYE, KIND_NOTICE, PROP_ANSWERS, PROP_KIND
 from tests.loopback.conftest import user_turns
 
 
@@ -69,7 +69,7 @@ class TestRestart:
         await mm.post_as(world.alice, world.town, "still there?", root_id=ended["id"])
         await mm.post_as(world.alice, world.town, "still there?", root_id=expired["id"])
         await second.settle(world.town, world.bob)
-        assert [p["props"][PROP_KIND] for p in second.replies(ended["id"])] == [KIND_ANSWER, KIND_END]
+        assert [p["props"][PROP_KIND] for p in second.replies(ended["id"])] == [KIND_ANSWER, KIND_GOODBYE]
         assert len(second.replies(expired["id"])) == 1
 
     async def test_a_rebuilt_conversation_expires_when_it_would_have_without_the_restart(self, start_bot, world, mm, llm_server, clock):

@@ -18,7 +18,7 @@ from llmbot.context import (
     participants,
     thread_turns,
 )
-from llmbot.record import KIND_END, KIND_NOTICE, KIND_USAGE
+from llmbot.record import KIND_END, KIND_GOODBYE, KIND_NOTICE, KIND_USAGE
 from llmbot.thread import Post, Thread, thread_from_posts
 from llmbot.tokens import REPLY_PRIMING, Tokenizer
 from llmbot.triggers import mention_pattern
@@ -167,7 +167,7 @@ class TestSkipped:
         )
         assert turns == [user("summarize the incident"), user("go on", "bob")]
 
-    @pytest.mark.parametrize("kind", [KIND_NOTICE, KIND_USAGE, KIND_END])
+    @pytest.mark.parametrize("kind", [KIND_NOTICE, KIND_USAGE, KIND_END, KIND_GOODBYE])
     def test_the_bots_notices_usage_hints_and_goodbyes_are_not_turns(self, kind: str) -> None:
         turns = thread_turns(thread(human("gpt hi"), bot("Hello!"), bot("The model timed out.", kind)), ME, NAMES)
         assert turns == [user("hi"), ChatMessage("assistant", "Hello!")]

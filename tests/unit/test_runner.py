@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from llmbot.context import Speaker
 from llmbot.errors import ChatNotFound, ChatUnavailable, ConversationOver, LLMError, TurnAborted
 from llmbot.events import Posted
 from llmbot.handlers.base import Handler, Turn
-from llmbot.handlers.chat import ChatHandler
+from llmbot.plugins.gpt import GptChat
+from llmbot.plugins.host import PluginHandler
+from llmbot.plugins.message import Tools
 from llmbot.prompts import PromptTemplate
 from llmbot.record import KIND_ANSWER, KIND_END, KIND_NOTICE, PROP_KIND, STATUS_LINE, props_for
 from llmbot.reply import INTERRUPTED_MARK, INTERRUPTED_NOTICE
@@ -25,7 +26,6 @@ from llmbot.runner import FAILED, TOO_SLOW, Job, TurnRunner
 from llmbot.store import MemoryStore
 from llmbot.thread import Post
 from llmbot.tokens import Tokenizer
-from llmbot.triggers import mention_pattern
 
 from .payloads import ALICE_ID, BOT_ID, BOT_NAME, TEAM_ID
 from .ports_fakes import FakeChat, FakeClock, FakeLLM, within
@@ -61,12 +61,12 @@ def raising(exc: BaseException) -> Scripted:
     return Scripted(action)
 
 
-def chat_handler(llm: FakeLLM, *, max_turns: int = 0) -> ChatHandler:
-    return ChatHandler(
-        SPEC, llm=llm, tokenizer=Tokenizer("estimate", None, None), system_prompt=SYSTEM,
-        speaker=Speaker(BOT_ID, mention_pattern(BOT_NAME), SPEC.triggers), bot_name=BOT_NAME,
-        context_tokens=2000, reply_tokens=200, max_turns=max_turns,
-    )
+def chat_handler(llm: FakeLLM, *, max_turns: int = 0) -> PluginHandler:
+    """The built-in chat, as the app builds it: GptChat run by the plugin host."""
+    tools = Tools(llm, Tokenizer("estimate", None, None), context_tokens=2000, reply_tokens=200, max_turns=max_turns)
+    handler = PluginHandler(GptChat(SPEC.triggers[0], SYSTEM), tools)
+    handler.bot_name = BOT_NAME
+    return handler
 
 
 class World:
