@@ -1,8 +1,9 @@
 """What the socket missed, read over REST after every (re)connect and replayed in order.
 
-The first catch-up, at start-up, looks back one TTL and so also rebuilds the live conversations
-from the threads (record.py). Later ones look back from the newest post the socket delivered.
-Live posts are held by the dispatcher meanwhile; each pass ends by releasing them.
+The first catch-up, at start-up, looks back the longest conversation timeout and so also rebuilds
+the live conversations from the threads (record.py), every one of a thread's stacked ones. Later
+ones look back from the newest post the socket delivered. Live posts are held by the dispatcher
+meanwhile; each pass ends by releasing them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from .errors import ChatError
 from .events import Posted
 from .handlers.base import Handler
 from .ports import Channel, ChatAPI
-from .record import conversation_state, threads_of, waiting_posts
+from .record import active_conversations, threads_of, waiting_posts
 from .retry import RETRY_BASE, with_retries
 from .store.base import Store
-from .thread import Post
+from .thread import Post, Thread
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,21 @@ class CatchUp:
         if self.task is None:
             self.task = asyncio.create_task(self._loop())
 
-    def _ttl_for(self, handler: str) -> float | None:
-        found = self.handlers.get(handler)
-        return found.spec.conversation_timeout if found is not None else None
+    def _timeout_in(self, thread_id: str) -> Callable[[str], float | None]:
+        """The timeout of a handler's conversations, for record.active_conversations; None for a
+        handler that holds none or is not loaded (any more)."""
+
+        def timeout_for(name: str) -> float | None:
+            handler = self.handlers.get(name)
+            if handler is None:
+                log.debug("thread %s: conversations of handler %r not recovered: no such handler", thread_id, name)
+                return None
+            if not handler.spec.conversational:
+                return None
+            own = handler.spec.conversation_timeout
+            return self.ttl if own is None else own
+
+        return timeout_for
 
     def _longest_ttl(self) -> float:
         """How far back a conversation can still be live: the longest of every handler's timeout."""
@@ -164,19 +177,24 @@ class CatchUp:
         names = await self.chat.usernames({p.user_id for p in posts if p.user_id})
         taken = 0
         for thread in threads_of(posts).values():
-            state = conversation_state(thread, self.me_id, now_ms, self.ttl, self._ttl_for)
-            handler = self.handlers.get(state.handler) if state is not None else None
-            if (
-                state is not None and handler is not None and handler.spec.conversational
-                and await self.store.get(thread.root_id) is None
-            ):
-                await self.store.bind(
-                    thread.root_id, state.handler, state.started_by, state.conversation,
-                    idle=state.idle_seconds, ttl=handler.spec.conversation_timeout,
-                )
-                log.info("thread %s: conversation recovered from the thread (idle %.0fs)", thread.root_id, state.idle_seconds)
+            if await self.store.get(thread.root_id) is None:  # (else the store knows the thread: a reconnect)
+                await self._recover(thread, now_ms)
             for post in waiting_posts(thread, self.me_id, since_ms):
                 sender = names.get(post.user_id, "")
                 event = Posted(post, channel.type, channel.name, channel.display_name, sender, channel.team_id)
                 taken += await self.dispatcher.dispatch(event, replayed=True)
         return taken
+
+    async def _recover(self, thread: Thread, now_ms: int) -> None:
+        """Bind every conversation live in the thread, the least recently active first, so that
+        the most recently active ends up on top (the store puts the newest binding first)."""
+        found = active_conversations(thread, self.me_id, self._timeout_in(thread.root_id), now_ms)
+        for conversation in reversed(found):
+            await self.store.bind(
+                thread.root_id, conversation.handler, conversation.started_by, conversation.conversation,
+                idle=conversation.idle_seconds, ttl=self.handlers[conversation.handler].spec.conversation_timeout,
+            )
+            log.info(
+                "thread %s: conversation %s of %s recovered from the thread (idle %.0fs)",
+                thread.root_id, conversation.conversation, conversation.handler, conversation.idle_seconds,
+            )

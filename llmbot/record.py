@@ -17,7 +17,7 @@ live, which human posts still wait for an answer and how many turns a conversati
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ KIND_REFUSAL = "refusal"  # a limit or a policy said no: opens no conversation
 # builder drops it, as it drops notices.
 STATUS_LINE = "\n\n_⚠️ "
 
-# Posts of these kinds are not part of a conversation: after one, nothing is live.
+# Posts of these kinds close a conversation: after one, the conversation it names (a goodbye: every one) is over.
 CLOSING_KINDS = (KIND_END, KIND_GOODBYE, KIND_USAGE, KIND_REFUSAL)
 # Kinds that used a turn of the conversation (None: an answer written before posts were marked).
 _TURN_KINDS = (None, KIND_ANSWER, KIND_NOTICE)
@@ -166,48 +166,117 @@ def turns_in_conversation(thread: Thread, me_id: str, conversation: str) -> int:
     return max(len(answered), recorded)
 
 
+def active_conversations(
+    thread: Thread, me_id: str, timeout_for: Callable[[str], float | None], now_ms: int
+) -> list[Recovered]:
+    """Every conversation live in `thread`, the most recently active first, at most one per handler.
+
+    The thread is read in order, as the router saw it. A conversation is a (handler, conversation
+    id) pair of the bot's posts: an answer or a notice keeps it open (and replaces an older one of
+    the handler's, as the store's bind does); KIND_END (and a usage hint or a refusal) ends that
+    one, KIND_GOODBYE every one opened before it. A human post that no post of the bot's took into
+    account is activity of the conversation then most recently active (the one the router offered
+    it to); one quiet for its handler's timeout (`timeout_for(handler)` seconds, asked once per
+    handler; None: not recovered, the handler is unknown or holds no conversation) has expired.
+    `thread` may be only the newest part of a thread: enough when it spans the timeouts.
+    """
+    answered = {text_or_empty(p.props.get(PROP_ANSWERS)) for p in thread.posts if _is_mine(p, me_id)}
+    reading = _Reading(timeout_for)
+    for post in thread.posts:
+        reading.expire(post.create_at)
+        if _is_mine(post, me_id):
+            reading.take(post)
+        elif post.is_human and post.user_id != me_id and post.id not in answered and reading.live:
+            top = max(reading.live.values(), key=_Open.recency)
+            top.activity = max(top.activity, post.create_at)
+    reading.expire(now_ms)
+    authors = {p.id: p.user_id for p in thread.posts}
+    root = thread.root
+    found = []
+    for c in sorted(reading.live.values(), key=_Open.recency, reverse=True):
+        opener = c.conversation or c.opener or thread.root_id
+        started_by = authors.get(opener) or (root.user_id if root is not None else "")
+        found.append(Recovered(c.handler, started_by, opener, max(0.0, (now_ms - c.activity) / 1000)))
+    return found
+
+
 def conversation_state(
     thread: Thread, me_id: str, now_ms: int, ttl_seconds: float, ttl_for: Callable[[str], float | None] = lambda _h: None
 ) -> Recovered | None:
-    """The conversation live in `thread`, if any: the bot's newest post there is an answer or a
-    notice (not a goodbye, a usage hint or a refusal) and the thread was active within the TTL:
-    the handler's own (`ttl_for(handler)`) or else `ttl_seconds`. `thread` may be only the newest
-    part of a thread: that is enough when it spans the TTL."""
-    mine = [p for p in thread.posts if p.user_id == me_id and isinstance(p.props.get(PROP_HANDLER), str)]
-    if not mine or kind_of(mine[-1]) in CLOSING_KINDS:
-        return None
-    last = mine[-1]
-    # The TTL counts from the end of the last answer (its last edit) or a later human post.
-    activity = max(last.create_at, last.edit_at)
-    for post in thread.posts:
-        if post.create_at > last.create_at and post.is_human and post.user_id != me_id:
-            activity = max(activity, post.create_at)
-    idle = max(0.0, (now_ms - activity) / 1000)
-    own = ttl_for(str(last.props[PROP_HANDLER]))  # a handler's own conversation timeout, if it has one
-    if idle >= (ttl_seconds if own is None else own):
-        return None
-    opener = _opener(thread, mine)
-    authors = {p.id: p.user_id for p in thread.posts}
-    root = thread.root
-    started_by = authors.get(opener) or (root.user_id if root is not None else "")
-    return Recovered(str(last.props[PROP_HANDLER]), started_by, conversation_of(last) or opener, idle)
+    """The most recently active conversation live in `thread`, if any (active_conversations with
+    every handler's timeout its own, `ttl_for(handler)`, or else `ttl_seconds`)."""
+
+    def timeout_for(handler: str) -> float:
+        own = ttl_for(handler)
+        return ttl_seconds if own is None else own
+
+    found = active_conversations(thread, me_id, timeout_for, now_ms)
+    return found[0] if found else None
 
 
-def _opener(thread: Thread, mine: Sequence[Post]) -> str:
-    """The post that opened the running conversation: its recorded id, else the first post the
-    conversation's first answer took into account (posts written before the id was recorded)."""
-    first = 0
-    for i, post in enumerate(mine):
-        if kind_of(post) in CLOSING_KINDS:
-            first = i + 1
-    recorded = conversation_of(mine[-1])
-    if recorded:
-        return recorded
-    for post in mine[first:]:
-        answered = text_or_empty(post.props.get(PROP_ANSWERS))
-        if answered:
-            return answered
-    return thread.root_id
+def _is_mine(post: Post, me_id: str) -> bool:
+    return post.user_id == me_id and isinstance(post.props.get(PROP_HANDLER), str)
+
+
+@dataclass(slots=True)
+class _Open:
+    """A conversation open at the point a _Reading has reached."""
+
+    handler: str
+    conversation: str  # "" for posts written before the ids were recorded
+    opener: str  # for those: the first post its answers took into account
+    activity: int  # ms: its newest post of the bot's (last edit) or a human post after it
+    last_post: int  # ms: its newest post of the bot's, which breaks ties in activity
+
+    def recency(self) -> tuple[int, int]:
+        return self.activity, self.last_post
+
+
+class _Reading:
+    """The conversations open while a thread is read post by post (active_conversations)."""
+
+    def __init__(self, timeout_for: Callable[[str], float | None]) -> None:
+        self.timeout_for = timeout_for
+        self.timeouts: dict[str, float | None] = {}
+        self.live: dict[tuple[str, str], _Open] = {}
+        self.seen: set[tuple[str, str]] = set()
+        self.ended: set[tuple[str, str]] = set()  # recorded ids only: an id never opens twice
+
+    def expire(self, at_ms: int) -> None:
+        for key, c in list(self.live.items()):
+            timeout = self.timeouts[c.handler]
+            if timeout is not None and at_ms - c.activity >= timeout * 1000:
+                del self.live[key]
+
+    def take(self, post: Post) -> None:
+        """A post of the bot's, in thread order."""
+        handler, conversation, kind = str(post.props[PROP_HANDLER]), conversation_of(post), kind_of(post)
+        key = (handler, conversation)
+        if kind == KIND_GOODBYE:  # ends every conversation opened before it
+            self.ended.update(k for k in (*self.seen, key) if k[1])
+            self.live.clear()
+            return
+        if not conversation and post.props.get(PROP_TURN) is not None:
+            return  # written outside any conversation (a passive reply): ids were recorded before turns
+        self.seen.add(key)
+        if kind in CLOSING_KINDS:
+            self.live.pop(key, None)
+            if conversation:
+                self.ended.add(key)
+            return
+        if key in self.ended:
+            return
+        if handler not in self.timeouts:
+            self.timeouts[handler] = self.timeout_for(handler)
+        if self.timeouts[handler] is None:
+            return
+        c = self.live.get(key)
+        if c is None:  # a handler holds one conversation per thread: a new one replaces its old one
+            self.live = {k: v for k, v in self.live.items() if k[0] != handler}
+            c = self.live[key] = _Open(handler, conversation, "", post.create_at, post.create_at)
+        c.opener = c.opener or text_or_empty(post.props.get(PROP_ANSWERS))
+        c.activity = max(c.activity, post.create_at, post.edit_at)
+        c.last_post = post.create_at
 
 
 def threads_of(posts: Iterable[Post]) -> dict[str, Thread]:
