@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from .errors import ChatError
 from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
+from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
+from .plugin_access import Activations, PluginAccess
 from .policy import AccessPolicy
-from .router import STEPS, Continue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, plan
+from .router import STEPS, Continue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Refuse, Start, plan
 from .runner import Job
 from .scheduler import Scheduler
 from .store.base import Store
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # frames waiting for the consumer; past that the socket reader waits
 MAX_HELD = 10_000  # live posts held during a catch-up; past that they are read again over REST
 TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failure
+BUSY_NOTICE_EVERY = 600.0  # seconds: a plugin over its activation limit tells each user once per this
 
 
 class _Release:
@@ -52,6 +55,9 @@ class Dispatcher:
         teams: Callable[[], Awaitable[dict[str, str]]],
         on_hello: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
+        plugin_access: PluginAccess | None = None,
+        activations: Activations | None = None,
+        notify: Notify = quiet,
     ) -> None:
         self.me = me
         self.store = store
@@ -64,6 +70,9 @@ class Dispatcher:
         self._teams = teams
         self._on_hello = on_hello
         self._clock = clock
+        self.notify = notify  # tells plugins their conversation is over (hooks.py)
+        self.plugin_access = plugin_access if plugin_access is not None else PluginAccess()
+        self.activations = activations if activations is not None else Activations(store, {})
         self._specs: tuple[HandlerSpec, ...] = ()
         self._queue: asyncio.Queue[Posted | Hello | _Release] = asyncio.Queue(QUEUE_SIZE)
         self._consumer: asyncio.Task[None] | None = None
@@ -176,7 +185,8 @@ class Dispatcher:
             return False
         post = event.post
         active = await self.store.active(post.root_id) if post.root_id else []
-        routed = plan(event, self.me, tuple(b.handler for b in active), self._specs, self.end_words)
+        specs = self._specs if self.plugin_access.is_open else self._allowed(event)
+        routed = plan(event, self.me, tuple(b.handler for b in active), specs, self.end_words)
         decision = routed.decision
         if isinstance(decision, Ignore) and not routed.passive:
             if routed.step != 1 and active:
@@ -205,13 +215,14 @@ class Dispatcher:
             conversation = post.id  # a new call always opens a new conversation
             spec = self.handlers[decision.handler].spec
             if spec.conversational:
-                await self.store.bind(thread_id, decision.handler, post.user_id, conversation, ttl=spec.conversation_timeout)
+                await open_conversation(self.store, thread_id, spec, post.user_id, conversation, self.notify)
         elif isinstance(decision, Continue):
             conversation = next(b.conversation for b in active if b.handler == decision.handler)
             await self.store.touch(thread_id, decision.handler)
         elif isinstance(decision, End):
             conversation = next(b.conversation for b in active if b.handler == decision.handler)
-            await self.store.unbind(thread_id)  # the end word ends every conversation of the thread
+            # the end word ends every conversation of the thread
+            await close_conversations(self.store, thread_id, None, ENDED, self.notify)
         caught = " (caught up)" if replayed else ""
         log.info(
             "post %s in thread %s: step %d (%s) -> %s, %s%s", post.id, thread_id, routed.step, STEPS[routed.step],
@@ -227,9 +238,30 @@ class Dispatcher:
         Anything else passes as it is."""
         if isinstance(decision, Ignore):
             return None
-        if isinstance(decision, Start):
-            return await self.limits.admit(event, decision)
-        return decision
+        if not isinstance(decision, Start):
+            return decision
+        admitted = await self.limits.admit(event, decision)
+        if not isinstance(admitted, Start) or self.activations.is_open:
+            return admitted
+        if await self.activations.admit(decision.handler, event.post.create_at / 1000):
+            return admitted
+        plugin, user = decision.handler, event.post.user_id
+        log.info("plugin %s opened %d conversations within a minute (LLMBOT_MAX_ACTIVATIONS_PER_MINUTE): post %s not taken",
+                 plugin, self.activations.limit(plugin), event.post.id)
+        if await self.store.first_notice(f"plugin-rate:{plugin}:{user}", BUSY_NOTICE_EVERY):
+            return Refuse(plugin, f"`{self.handlers[plugin].call_word()}` is busy right now. Please try again in a minute.")
+        return None
+
+    def _allowed(self, event: Posted) -> tuple[HandlerSpec, ...]:
+        """The handlers this post may reach under the per-plugin access lists (LLMBOT_PLUGIN_ALLOWED_CHANNELS and the like)."""
+        allowed = []
+        for spec in self._specs:
+            reason = self.plugin_access.refuses(spec.name, event)
+            if reason is None:
+                allowed.append(spec)
+            else:
+                log.debug("post %s: plugin %s left out: %s", event.post.id, spec.name, reason)
+        return tuple(allowed)
 
     async def learn_team_names(self, team_id: str = "") -> None:
         """Team names for access lists written with names. A team still unknown after a look-up

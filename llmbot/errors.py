@@ -101,5 +101,9 @@ class ConversationOver(TurnAborted):
     """The handler closed the conversation itself (e.g. the turn cap) and said so in the thread."""
 
 
+class NothingOpened(ConversationOver):
+    """A call that opened no conversation after all (a one-shot listener): nothing to tell the plugin."""
+
+
 class StateError(LlmbotError):
     """A handler's state cannot be kept in the thread: not a JSON object, or larger than 32 KB."""

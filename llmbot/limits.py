@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from .events import Posted
+from .hooks import DISPLACED, Notify, close_conversations, quiet
 from .router import Decision, Refuse, Start, Usage
 from .store.base import Store
 
@@ -32,12 +33,14 @@ class Limits:
         max_open: int,
         direct_messages: bool,
         call_word: Callable[[str], str],
+        notify: Notify = quiet,
     ) -> None:
         self.store = store
         self.max_starts = max_starts_per_minute
         self.max_open = max_open
         self.direct_messages = direct_messages
         self.call_word = call_word  # handler name -> how users call it
+        self.notify = notify  # tells plugins their conversation is over (hooks.py)
 
     async def dm_refusal(self, event: Posted, decision: Decision) -> Decision | None:
         """With DMs off: a refusal for the first DM in a while, else nothing."""
@@ -65,7 +68,9 @@ class Limits:
         if self.max_open:
             opened = await self.store.opened_by(user)
             for thread_id, _ in opened[: max(0, len(opened) - self.max_open + 1)]:  # least recent first
-                await self.store.unbind(thread_id)
+                for binding in await self.store.active(thread_id):  # this user's, not a stacked one of another's
+                    if binding.started_by == user:
+                        await close_conversations(self.store, thread_id, binding.handler, DISPLACED, self.notify)
                 log.info("user %s is at %d open conversations: thread %s ended quietly", user, self.max_open, thread_id)
         return decision
 

@@ -9,9 +9,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from .errors import ChatError, ConversationOver, TurnAborted
+from .errors import ChatError, ConversationOver, NothingOpened, TurnAborted
 from .events import Posted
 from .handlers.base import Handler, Turn
+from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .ports import ChatAPI
 from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
@@ -57,6 +58,7 @@ class TurnRunner:
         deadline: float,
         bot_name: str = "",
         admit: Callable[[Posted, Decision], Awaitable[Decision | None]] | None = None,
+        notify: Notify = quiet,
         clock: Callable[[], float] = time.monotonic,
         edit_interval: float = 1.0,
         retry_base: float = RETRY_BASE,
@@ -69,6 +71,7 @@ class TurnRunner:
         self.bot_name = bot_name
         # a new call taken after declines passes the limits the dispatcher applies to new calls
         self.admit = admit
+        self.notify = notify  # tells plugins their conversation is over (hooks.py)
         self.answerable = answerable
         self.deadline = deadline
         self.clock = clock
@@ -109,7 +112,7 @@ class TurnRunner:
                 break
             if isinstance(admitted, Start) and self.handlers[admitted.handler].spec.conversational:
                 spec = self.handlers[admitted.handler].spec
-                await self.store.bind(post.thread_id, spec.name, post.user_id, post.id, ttl=spec.conversation_timeout)
+                await open_conversation(self.store, post.thread_id, spec, post.user_id, post.id, self.notify)
             log.info("post %s in thread %s: declined before; step %d -> %s, %s", post.id, post.thread_id, step,
                      admitted.handler, type(admitted).__name__.lower())  # type: ignore[union-attr]
             await self._run_one(Job(admitted, job.event, post.id if isinstance(admitted, Start) else "", job.replayed, step))
@@ -130,12 +133,13 @@ class TurnRunner:
             async with asyncio.timeout(self.deadline):
                 taken = await handler.handle(turn)
         except ConversationOver as exc:
-            if await self.store.unbind(thread_id, job.handler):  # its own conversation, not another's
+            notify = quiet if isinstance(exc, NothingOpened) else self.notify
+            if await close_conversations(self.store, thread_id, job.handler, ENDED, notify):  # its own, not another's
                 log.info("%s; conversation closed", exc)
             return None
         except TurnAborted as exc:
             log.warning("%s; conversation unbound", exc)
-            await self.store.unbind(thread_id)
+            await close_conversations(self.store, thread_id, None, ENDED, self.notify)
             return None
         except asyncio.CancelledError:
             await turn.reply.mark_interrupted()  # shutdown: say so in the thread, then stop

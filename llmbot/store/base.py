@@ -43,6 +43,10 @@ class Store(Protocol):
     async def unbind(self, thread_id: str, handler: str | None = None) -> bool:
         """End `handler`'s conversation in the thread, or all of them; False if none was bound."""
 
+    async def sweep(self) -> list[tuple[str, Binding, str]]:
+        """(thread id, binding, reason) of the conversations that expired ("expired") or were pushed
+        out of a full store ("displaced") since the last sweep: their plugins are told."""
+
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         """(thread id, last activity) of the live conversations `user_id` opened, least recent first."""
 

@@ -5,14 +5,42 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cachetools import TLRUCache, TTLCache
 
 from .base import Binding
 
+MAX_DROPPED = 100_000  # conversations the caches dropped, waiting for the next sweep to report them
 CLAIM_TTL = 3 * 3600.0  # a post is not replayed to the bot after hours: forget its claim then
 MAX_CLAIMS = 100_000
 MAX_USERS = 100_000
+
+
+Dropped = list[tuple[str, Binding, str]]  # (thread id, binding, "expired" | "displaced")
+
+
+class _Bindings(TLRUCache[str, Binding | tuple[Binding, ...]]):
+    """The bindings cache, remembering what it drops by itself (expiry, overflow) for sweep()."""
+
+    def __init__(self, dropped: Dropped, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dropped = dropped
+
+    def _record(self, key: str, value: Binding | tuple[Binding, ...], reason: str) -> None:
+        if len(self.dropped) < MAX_DROPPED:
+            self.dropped.extend((key, binding, reason) for binding in _all(value))
+
+    def expire(self, time: float | None = None) -> list[tuple[str, Binding | tuple[Binding, ...]]]:
+        gone = list(super().expire(time))
+        for key, value in gone:
+            self._record(key, value, "expired")
+        return gone
+
+    def popitem(self) -> tuple[str, Binding | tuple[Binding, ...]]:
+        key, value = super().popitem()  # the least recently used: the store is full
+        self._record(key, value, "displaced")
+        return key, value
 
 
 class MemoryStore:
@@ -25,9 +53,12 @@ class MemoryStore:
         self._ttl = ttl
         # thread id -> its conversation, or (rarely) several stacked ones, newest first; the entry
         # lives as long as the longest-lived of them
-        self._bindings: TLRUCache[str, Binding | tuple[Binding, ...]] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)), timer=timer
+        self._dropped: Dropped = []
+        self._bindings = _Bindings(
+            self._dropped, maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)),
+            timer=timer,
         )
+        self._stacked: set[str] = set()  # threads with several conversations: one may expire alone
         # user id -> thread ids they opened, least recently active first. A plain dict of short lists
         # (a TTLCache costs 3x the bytes): ended threads leave it when read, expired ones in a sweep
         # once it has grown by as many entries as it held, so it stays within twice the live ones.
@@ -52,10 +83,29 @@ class MemoryStore:
         return [b for b in _all(value) if self._expiry(b) > now]
 
     def _set(self, thread_id: str, bindings: list[Binding]) -> None:
+        old = self._bindings.get(thread_id)
+        if isinstance(old, tuple):  # one of the stack expired on its own: the sweep reports it
+            now = self._timer()
+            self._dropped.extend((thread_id, b, "expired") for b in old if self._expiry(b) <= now and b not in bindings)
         if not bindings:
             self._bindings.pop(thread_id, None)
         else:
             self._bindings[thread_id] = bindings[0] if len(bindings) == 1 else tuple(bindings)
+        if len(bindings) > 1:
+            self._stacked.add(thread_id)
+        else:
+            self._stacked.discard(thread_id)
+
+    async def sweep(self) -> list[tuple[str, Binding, str]]:
+        for thread_id in list(self._stacked):
+            live = self._live(thread_id)
+            value = self._bindings.get(thread_id)
+            if value is None or len(live) < len(_all(value)):
+                self._set(thread_id, live)
+        self._bindings.expire()
+        dropped = self._dropped[:]
+        self._dropped.clear()
+        return dropped
 
     async def get(self, thread_id: str) -> Binding | None:
         live = self._live(thread_id)

@@ -287,3 +287,43 @@ class TestStackedConversations:
         await store.bind(ROOT, "food", ALICE, "f")
         await store.bind(ROOT, "chat", ALICE, "new")
         assert [(b.handler, b.conversation) for b in await store.active(ROOT)] == [("chat", "new"), ("food", "f")]
+
+
+class TestSweep:
+    """sweep(): what ended on its own since the last sweep, once, with why (plugins' on_deactivate)."""
+
+    async def test_an_expired_conversation_is_reported_once(self, store: MemoryStore, clock: FakeClock) -> None:
+        binding = await store.bind(ROOT, "chat", ALICE, "conv")
+        assert await store.sweep() == []
+        clock.advance(TTL + 1)
+        assert await store.sweep() == [(ROOT, binding, "expired")]
+        assert await store.sweep() == []
+
+    async def test_one_of_a_stack_expiring_alone_is_reported(self, store: MemoryStore, clock: FakeClock) -> None:
+        chat = await store.bind(ROOT, "chat", ALICE, "conv")
+        quiz = await store.bind(ROOT, "quiz", ALICE, "quiz-conv", ttl=60)
+        clock.advance(61)
+        assert await store.sweep() == [(ROOT, quiz, "expired")]
+        assert await store.active(ROOT) == [chat]
+        assert await store.sweep() == []
+
+    async def test_an_expiry_the_cache_noticed_itself_is_reported_too(self, store: MemoryStore, clock: FakeClock) -> None:
+        old = await store.bind(ROOT, "chat", ALICE, "conv")
+        clock.advance(TTL + 1)
+        await store.bind(OTHER, "chat", ALICE, "conv2")  # a write expires old entries on the way
+        assert await store.sweep() == [(ROOT, old, "expired")]
+
+    async def test_ended_or_touched_conversations_are_not_reported(self, store: MemoryStore, clock: FakeClock) -> None:
+        await store.bind(ROOT, "chat", ALICE, "conv")
+        await store.bind(OTHER, "chat", ALICE, "conv2")
+        await store.unbind(ROOT)
+        clock.advance(TTL - 1)
+        await store.touch(OTHER)
+        clock.advance(2)
+        assert await store.sweep() == []
+
+    async def test_a_full_store_reports_what_it_pushed_out(self, clock: FakeClock) -> None:
+        small = MemoryStore(ttl=TTL, maxsize=1, timer=clock)
+        first = await small.bind(ROOT, "chat", ALICE, "conv")
+        await small.bind(OTHER, "chat", ALICE, "conv2")
+        assert await small.sweep() == [(ROOT, first, "displaced")]
