@@ -12,8 +12,9 @@ from .errors import ChatAuthError, ChatError, ConfigError, PromptError
 from .llm import OpenAIChat
 from .logs import configure_logging
 from .mattermost import MattermostChat
+from .plugin_access import unknown_plugins
 from .plugins.api import Plugin
-from .plugins.loader import load_plugins
+from .plugins.loader import BUILT_IN, load_plugins
 from .prompts import load_system_prompt
 from .settings import Settings, load_settings, read_environment
 
@@ -37,11 +38,16 @@ def _plugins(settings: Settings) -> list[Plugin] | None:
     if os.getcwd() not in sys.path:  # module:Class names resolve from where llmbot is started, like python -m
         sys.path.insert(0, os.getcwd())
     try:
-        return load_plugins(settings.plugins)
+        plugins = load_plugins(settings.plugins)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return None
+    loaded = {plugin.name for plugin in plugins} | ({BUILT_IN} if BUILT_IN in settings.plugins else set())
+    problems = unknown_plugins(settings, loaded)
+    for problem in problems:
+        print(f"config: {problem}", file=sys.stderr)
+    return None if problems else plugins
 
 
 def cmd_run(env_file: str) -> int:

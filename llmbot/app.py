@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import lifecycle
@@ -18,7 +19,9 @@ from .catchup import CatchUp
 from .dispatcher import Dispatcher
 from .events import Posted
 from .handlers.base import Handler
+from .hooks import Deactivations, open_conversation
 from .limits import Limits
+from .plugin_access import Activations, PluginAccess
 from .plugins.api import Plugin
 from .plugins.gpt import GptChat
 from .plugins.host import PluginHandler
@@ -38,6 +41,7 @@ from .tokens import Tokenizer, load_tokenizer
 log = logging.getLogger(__name__)
 
 GPT_HANDLER = "gpt"
+SWEEP_EVERY = 30.0  # seconds between looks for expired conversations (their plugins' on_deactivate)
 
 
 class Bot:
@@ -71,7 +75,9 @@ class Bot:
         self.shutdown_grace = shutdown_grace
         self.me: Identity | None = None
         self.handlers: dict[str, Handler] = {}
+        self.deactivations = Deactivations(self.handlers)  # plugins' on_deactivate, in the background
         self.policy = AccessPolicy.from_settings(settings)
+        self.plugin_access = PluginAccess.from_settings(settings)
         self.scheduler: Scheduler[Job] = Scheduler(self._run, settings.max_concurrent_turns)
         self.limits = Limits(
             self.store,
@@ -79,12 +85,14 @@ class Bot:
             max_open=settings.max_conversations_per_user,
             direct_messages=settings.direct_messages,
             call_word=self._call_word,
+            notify=self.deactivations.notify,
         )
         self.limited_llm = LimitedLLM(llm, settings.max_concurrent_llm)  # one cap for the chat and every plugin
         self.dispatcher: Dispatcher | None = None
         self.catch_up: CatchUp | None = None
         self.runner: TurnRunner | None = None
         self.stopping = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> Identity:
         """Log in (users/me) and set up the handlers and the flow, which need the bot's name."""
@@ -98,21 +106,26 @@ class Bot:
             self.handlers[handler.spec.name] = handler
             if isinstance(handler, PluginHandler):
                 handler.bot_name = me.username
+            if not self.plugin_access.may_converse(handler.spec.name):  # LLMBOT_CONVERSE_ALLOWED/DENIED: one-shot turns only
+                handler.spec = replace(handler.spec, conversational=False)
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
             deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
-            retry_base=self.retry_base, admit=self._admit,
+            retry_base=self.retry_base, admit=self._admit, notify=self.deactivations.notify,
         )
         self.dispatcher = Dispatcher(
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,
             limits=self.limits, end_words=s.end_words, remember_name=self.chat.remember_name,
-            teams=self.chat.teams, on_hello=self._on_hello, clock=self.clock,
+            teams=self.chat.teams, on_hello=self._on_hello, clock=self.clock, plugin_access=self.plugin_access,
+            activations=Activations.from_settings(self.store, s), notify=self.deactivations.notify,
         )
         self.catch_up = CatchUp(
             self.chat, self.dispatcher, self.store, self.handlers, me_id=me.user_id, ttl=s.conversation_ttl,
             now=self.now, retry_base=self.retry_base,
         )
         self.dispatcher.start()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.policy.needs_team_names:
             await self.dispatcher.learn_team_names()
         log.info("logged in as @%s (%s); tokens counted with %s", me.username, me.user_id, self.tokenizer.name)
@@ -120,7 +133,9 @@ class Bot:
 
     def _chat(self) -> PluginHandler:
         """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS): a plugin like any other."""
-        return PluginHandler(GptChat(self.settings.trigger, self.system_prompt, self.now), self.tools())
+        chat = GptChat(self.settings.trigger, self.system_prompt, self.now)
+        chat._activator = self._activate
+        return PluginHandler(chat, self.tools())
 
     def tools(self) -> Tools:
         """What plugins get: the LLM behind the same cap as the chat, token counting, the budgets."""
@@ -129,7 +144,31 @@ class Bot:
 
     def add_plugin(self, plugin: Plugin) -> None:
         """Run a plugin (plugins/api.py) as a handler; before start(), in LLMBOT_PLUGINS order."""
+        plugin._activator = self._activate
         self.add_handler(PluginHandler(plugin, self.tools()))
+
+    async def _activate(self, name: str, channel_id: str, thread_id: str) -> None:
+        """Plugin.activate(): bind a thread to the plugin as if a user had called it there."""
+        if self.me is None:
+            raise RuntimeError(f"plugin {name}: activate() works once the bot has started")
+        spec = self.handlers[name].spec
+        if not spec.conversational:
+            raise RuntimeError(f"plugin {name} holds no conversations (no conversation=True listener, or LLMBOT_CONVERSE_DENIED)")
+        await open_conversation(self.store, thread_id, spec, self.me.user_id, thread_id, self.deactivations.notify)
+        log.info("thread %s in channel %s: plugin %s activated its conversation there", thread_id, channel_id, name)
+
+    async def sweep(self) -> None:
+        """Tell plugins about conversations that expired (or a full store pushed out)."""
+        for thread_id, binding, reason in await self.store.sweep():
+            self.deactivations.notify(thread_id, (binding,), reason)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("the sweep of expired conversations failed; trying again in %.0fs", SWEEP_EVERY)
 
     def add_handler(self, handler: Handler) -> None:
         """Register a handler (before start(): in LLMBOT_PLUGINS order); the first one also answers
@@ -171,6 +210,7 @@ class Bot:
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
             await self.scheduler.idle()
+            await self.deactivations.idle()
             if (self.catch_up is None or self.catch_up.task is None) and not len(self.scheduler) and (
                 self.dispatcher is None or self.dispatcher.queued == 0
             ):
@@ -190,6 +230,10 @@ class Bot:
         await lifecycle.drain(self)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self.dispatcher is not None:
             await self.dispatcher.close()
         await self.chat.close()

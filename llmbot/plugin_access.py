@@ -180,3 +180,10 @@ def _unknown(named: Iterable[tuple[str, frozenset[str]]], loaded: set[str]) -> l
         for setting, plugins in named
         for plugin in sorted(plugins - loaded)
     ]
+
+
+def unknown_plugins(settings: Settings, loaded: set[str]) -> list[str]:
+    """One line per per-plugin setting that names a plugin not loaded (the start stops, exit 2)."""
+    limits = settings.max_activations_per_minute
+    named = (("LLMBOT_MAX_ACTIVATIONS_PER_MINUTE", frozenset(plugin.casefold() for plugin in limits.as_dict())),)
+    return PluginAccess.from_settings(settings).unknown_plugins(loaded) + _unknown(named, loaded)

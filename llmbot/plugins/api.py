@@ -133,6 +133,7 @@ class Plugin:
     coalesce: ClassVar[bool] = False
     listeners: tuple[Listener, ...] = ()
     intents: tuple[Intent, ...] = ()
+    _activator: Callable[[str, str, str], Awaitable[None]] | None = None  # set by the bot that runs it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,6 +150,24 @@ class Plugin:
         """Every follow-up in a thread where this plugin's conversation is active and no
         conversational intent matched. Return True if it took the post; False declines it."""
         return False
+
+    async def on_activate(self, message: Message) -> None:
+        """Its conversation just became active in `message`'s thread (after the listener that
+        opened it ran). Keep nothing here between turns: state rides on the plugin's posts."""
+
+    async def on_deactivate(self, thread_id: str, reason: str) -> None:
+        """Its conversation in the thread is over: reason "ended" (end(), the end word, a one-shot
+        turn, the turn cap), "expired" (quiet for its timeout; noticed within a minute) or
+        "displaced" (a newer conversation of the plugin in the thread, or the user's open
+        conversations over LLMBOT_MAX_CONVERSATIONS_PER_USER)."""
+
+    async def activate(self, channel_id: str, thread_id: str) -> None:
+        """Take the replies of a thread the plugin did not open by a trigger (its own post from a
+        scheduled job, a webhook's alert it saw through a passive listener): the thread is bound
+        to this plugin as if a user had called it there, and follow-ups go to converse()."""
+        if self._activator is None:
+            raise RuntimeError(f"plugin {self.name}: activate() works once the bot runs the plugin")
+        await self._activator(self.name, channel_id, thread_id)
 
     def handler_of(self, method: str) -> Callable[..., Awaitable[None] | None]:
         """The bound method a Listener or Intent names."""

@@ -13,9 +13,10 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from ..errors import ConversationOver
+from ..errors import ConversationOver, NothingOpened
 from ..handlers.base import Turn
 from ..record import KIND_END, KIND_GOODBYE, KIND_REFUSAL, KIND_USAGE, PROP_HANDLER, already_answered, turns_in_conversation
 from ..router import Continue, End, HandlerSpec, Passive, Refuse, Start, Usage
@@ -107,17 +108,23 @@ class PluginHandler:
                 continue
             log.info("thread %s: plugin %s takes post %s (%s)", turn.thread_id, self.plugin.name, message.post_id,
                      listener.method)
+            if not (listener.conversation and self.spec.conversational):  # one-shot: its posts open no conversation
+                turn.reply.where = replace(turn.reply.where, conversation="")
             await self._call(self.plugin.handler_of(listener.method), message, *match.groups())
-            if not listener.conversation and not message.ended:
-                raise ConversationOver(f"thread {turn.thread_id}: {self.plugin.name}.{listener.method} holds no conversation")
+            if not (listener.conversation and self.spec.conversational) and not message.ended:
+                raise NothingOpened(f"thread {turn.thread_id}: {self.plugin.name}.{listener.method} holds no conversation")
+            if not message.ended:
+                await self._call(self.plugin.on_activate, message)
             return
         # Step 6 (a DM or an @mention without a trigger) calls the first conversational plugin:
         # no listener matches, so its converse() is asked, as for a follow-up.
         if self.spec.conversational and await self._call(self.plugin.converse, message):
+            if not message.ended:
+                await self._call(self.plugin.on_activate, message)
             return
         log.info("thread %s: no listener of plugin %s takes post %s", turn.thread_id, self.plugin.name, message.post_id)
         if self.spec.conversational:
-            raise ConversationOver(f"thread {turn.thread_id}: plugin {self.plugin.name} opened nothing")
+            raise NothingOpened(f"thread {turn.thread_id}: plugin {self.plugin.name} opened nothing")
 
     async def _passive(self, turn: Turn, message: Message) -> None:
         """Step 2: every passive listener that matches runs; none takes the post or binds anything."""
@@ -140,6 +147,14 @@ class PluginHandler:
         if not taken:
             log.info("thread %s: plugin %s declined post %s", turn.thread_id, self.plugin.name, message.post_id)
         return taken
+
+    async def deactivated(self, thread_id: str, reason: str) -> None:
+        """The plugin's on_deactivate (hooks.py calls it, in a task of its own)."""
+        hook: Callable[..., Any] = self.plugin.on_deactivate  # a sync override runs in a worker thread
+        if inspect.iscoroutinefunction(hook):
+            await hook(thread_id, reason)
+        else:
+            await asyncio.to_thread(hook, thread_id, reason)
 
     async def _call(self, function: Callable[..., Any], message: Message, *groups: str | None) -> Any:
         """An async method on the loop; a sync one in a worker thread (its Message methods block)."""
