@@ -18,7 +18,7 @@ from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
 from .router import Continue, Decision, Start
 from .store.base import Store
-from .thread import Post
+from .thread import Post, Thread
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,11 @@ class TurnRunner:
         )
 
     async def run(self, job: Job) -> None:
-        if await self._run_one(job) is False and isinstance(job.decision, Continue):
-            await self._fall_through(job)
+        shared: dict[str, Thread] = {}  # the thread read once, for every candidate asked
+        if await self._run_one(job, shared) is False and isinstance(job.decision, Continue):
+            await self._fall_through(job, shared)
 
-    async def _fall_through(self, job: Job) -> None:
+    async def _fall_through(self, job: Job, shared: dict[str, Thread]) -> None:
         """A follow-up its conversation declined: the route's next candidates (router.plan), i.e.
         the thread's other conversations, most recent first, then the handler its triggers call
         (which may open a second conversation in the thread)."""
@@ -102,7 +103,7 @@ class TurnRunner:
                 if binding is None:  # ended while this post waited
                     continue
                 offer = Job(decision, job.event, binding.conversation, job.replayed, step)
-                if await self._run_one(offer) is not False:
+                if await self._run_one(offer, shared) is not False:
                     log.info("post %s in thread %s: declined before; step %d -> %s", post.id, post.thread_id, step,
                              decision.handler)
                     return
@@ -115,11 +116,12 @@ class TurnRunner:
                 await open_conversation(self.store, post.thread_id, spec, post.user_id, post.id, self.notify)
             log.info("post %s in thread %s: declined before; step %d -> %s, %s", post.id, post.thread_id, step,
                      admitted.handler, type(admitted).__name__.lower())  # type: ignore[union-attr]
-            await self._run_one(Job(admitted, job.event, post.id if isinstance(admitted, Start) else "", job.replayed, step))
+            conversation = post.id if isinstance(admitted, Start) else ""
+            await self._run_one(Job(admitted, job.event, conversation, job.replayed, step), shared)
             return
         log.info("post %s in thread %s: declined by every conversation here, and no trigger", post.id, post.thread_id)
 
-    async def _run_one(self, job: Job) -> bool | None:
+    async def _run_one(self, job: Job, shared: dict[str, Thread] | None = None) -> bool | None:
         """Run one handler on the job; False if it declined a follow-up."""
         handler = self.handlers.get(job.handler)
         thread_id = job.event.post.thread_id
@@ -127,7 +129,10 @@ class TurnRunner:
             log.warning("thread %s: no handler %r any more; post %s not answered", thread_id, job.handler, job.event.post.id)
             return None
         writer = self._writer(job)
-        turn = Turn(job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name)
+        turn = Turn(
+            job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name,
+            {} if shared is None else shared,
+        )
         taken: bool | None = None
         try:
             async with asyncio.timeout(self.deadline):

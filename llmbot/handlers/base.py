@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import ChatError, TurnAborted
@@ -31,6 +31,9 @@ class Turn:
     # May the bot answer this post's author? (Access lists: their words stay in the context.)
     answerable: Callable[[Post, Mapping[str, str]], bool]
     bot_name: str = ""  # the bot's username, for handlers that strip its @mention
+    # The thread as read at the start of the turn, shared by every handler the post is offered to
+    # (a declined follow-up goes to the next candidate without a second read).
+    shared: dict[str, Thread] = field(default_factory=dict)
 
     @property
     def post(self) -> Post:
@@ -53,8 +56,10 @@ class Turn:
                 return self.chat.get_thread(self.thread_id)
             return self.chat.recent_thread(self.thread_id, enough)
 
+        if enough is not None and "recent" in self.shared:
+            return self.shared["recent"]
         try:
-            return await self.reply.retrying(read, f"thread {self.thread_id}: reading it")
+            thread = await self.reply.retrying(read, f"thread {self.thread_id}: reading it")
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} cannot be read: {exc}") from exc
         except ChatError as exc:
@@ -62,6 +67,9 @@ class Turn:
                 "⚠️ I could not read this thread: Mattermost returned an error. Please try again.", f"thread read failed: {exc}"
             )
             return None
+        if enough is not None:
+            self.shared["recent"] = thread
+        return thread
 
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
         return await self.chat.usernames(user_ids)

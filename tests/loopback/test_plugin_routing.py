@@ -224,3 +224,19 @@ class TestPerPluginSettings:
         assert busy["props"][PROP_KIND] == "refusal" and "busy" in busy["message"]
         chat = await mm.post_as(world.bob, world.town, "gpt hi")  # other plugins are not limited
         assert (await run.wait_replies(chat["id"], 1))[0]["props"][PROP_HANDLER] == "gpt"
+
+
+class TestOneReadPerTurn:
+    async def test_a_declined_follow_up_is_offered_on_without_reading_the_thread_again(
+        self, start_bot, world, mm, llm_server
+    ):
+        run = await start_bot(plugins=(FoodSelection(),), LLMBOT_PLUGINS=FOOD)
+        root = await mm.post_as(world.alice, world.town, "gpt hi")
+        await run.wait_replies(root["id"], 1)
+        await run.bot.store.bind(root["id"], "food", world.alice["id"], root["id"])  # a food dialog on top, with no state
+        mm.requests.clear()
+        await mm.post_as(world.alice, world.town, "what about dessert?", root_id=root["id"])  # food declines; the chat takes it
+        replies = await run.wait_replies(root["id"], 2)
+        assert replies[-1]["props"][PROP_HANDLER] == "gpt"
+        reads = [path for method, path, _, _ in mm.requests if method == "GET" and path.endswith("/thread")]
+        assert len(reads) == 1, reads
