@@ -72,9 +72,14 @@ class Hooked(Plugin):
 class Broken(Plugin):
     name = "broken"
 
-    @listen_to(r"^broken\b")
+    @listen_to(r"^broken please")
     async def fail(self, message: Message) -> None:
         raise ZeroDivisionError("a bug in the plugin")
+
+    @listen_to(r"^broken sync")
+    def fail_in_a_worker(self, message: Message) -> None:
+        message.reply("about to fail")
+        raise KeyError("a bug in sync code")
 
 
 class TestStepFourBeforeFive:
@@ -122,6 +127,12 @@ class TestAPluginThatRaises:
         assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
         other = await mm.post_as(world.bob, world.town, "gpt still there?")
         assert (await run.wait_replies(other["id"], 1))[0]["props"][PROP_KIND] == KIND_ANSWER
+
+    async def test_a_sync_plugin_that_raises_after_replying_gets_its_reply_marked(self, start_bot, world, mm, llm_server):
+        run = await start_bot(plugins=(Broken(),))
+        root = await mm.post_as(world.alice, world.town, "broken sync")
+        (reply,) = await run.wait_replies(root["id"], 1)
+        assert reply["message"].startswith("about to fail") and "Something went wrong" in reply["message"]
 
 
 class TestAFreshCall:
