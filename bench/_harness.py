@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -36,6 +37,9 @@ from tests.fakes import bot_for  # noqa: E402
 from tests.fakes import settings_for as fake_settings  # noqa: E402
 from tests.loopback.fake_mattermost import FakeMattermost  # noqa: E402
 from tests.loopback.fake_openai import FakeOpenAI  # noqa: E402
+
+if TYPE_CHECKING:
+    from llmbot.plugins.api import Plugin
 
 __all__ = [
     "ROOT", "Bench", "FakeMattermost", "FakeOpenAI", "Row", "bot_replies", "quiet_logging", "report",
@@ -75,9 +79,11 @@ async def running_bot(
     humans: Sequence[str] = ("alice", "bob", "carol", "dave", "erin"),
     edit_interval: float = 1.0,
     store: Store | None = None,
+    plugins: Sequence[Plugin] = (),
     **env_overrides: str,
 ) -> AsyncIterator[Bench]:
-    """Fakes on 127.0.0.1:0, the real Bot (driver + OpenAI SDK, no LLM retries) connected to them."""
+    """Fakes on 127.0.0.1:0, the real Bot (driver + OpenAI SDK, no LLM retries) connected to them.
+    `plugins` run next to the built-in chat (Bot.add_plugin), after it in LLMBOT_PLUGINS order."""
     mm, llm = FakeMattermost(), FakeOpenAI()
     await mm.start()
     await llm.start()
@@ -88,6 +94,8 @@ async def running_bot(
         channel = mm.add_channel("town-square", members=(mm.bot, *users), display_name="Town Square")
         settings = settings_for(mm, llm, **env_overrides)
         bot = bot_for(settings, store=store, edit_interval=edit_interval)
+        for plugin in plugins:
+            bot.add_plugin(plugin)
         await bot.start()
         listener = asyncio.create_task(bot.chat.listen(bot.on_frame))
         await mm.wait_for(lambda: mm.ws_clients >= 1, timeout=10, message="the bot's websocket to connect")
