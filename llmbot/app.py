@@ -86,6 +86,7 @@ class Bot:
             direct_messages=settings.direct_messages,
             call_word=self._call_word,
             notify=self.deactivations.notify,
+            activations=Activations.from_settings(self.store, settings),
         )
         self.limited_llm = LimitedLLM(llm, settings.max_concurrent_llm)  # one cap for the chat and every plugin
         self.dispatcher: Dispatcher | None = None
@@ -117,7 +118,7 @@ class Bot:
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,
             limits=self.limits, end_words=s.end_words, remember_name=self.chat.remember_name,
             teams=self.chat.teams, on_hello=self._on_hello, clock=self.clock, plugin_access=self.plugin_access,
-            activations=Activations.from_settings(self.store, s), notify=self.deactivations.notify,
+            notify=self.deactivations.notify,
         )
         self.catch_up = CatchUp(
             self.chat, self.dispatcher, self.store, self.handlers, me_id=me.user_id, ttl=s.conversation_ttl,

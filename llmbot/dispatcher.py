@@ -18,9 +18,9 @@ from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
 from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
-from .plugin_access import Activations, PluginAccess
+from .plugin_access import PluginAccess
 from .policy import AccessPolicy
-from .router import STEPS, Continue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Refuse, Start, plan
+from .router import STEPS, Continue, Cue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, Table, Usage, plan
 from .runner import Job
 from .scheduler import Scheduler
 from .store.base import Store
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # frames waiting for the consumer; past that the socket reader waits
 MAX_HELD = 10_000  # live posts held during a catch-up; past that they are read again over REST
 TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failure
-BUSY_NOTICE_EVERY = 600.0  # seconds: a plugin over its activation limit tells each user once per this
+CUE_ONCE_PER = 24 * 3600.0  # seconds: a thread refused by the access lists gets one cue a day
 
 
 class _Release:
@@ -56,7 +56,6 @@ class Dispatcher:
         on_hello: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
         plugin_access: PluginAccess | None = None,
-        activations: Activations | None = None,
         notify: Notify = quiet,
     ) -> None:
         self.me = me
@@ -72,8 +71,9 @@ class Dispatcher:
         self._clock = clock
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
         self.plugin_access = plugin_access if plugin_access is not None else PluginAccess()
-        self.activations = activations if activations is not None else Activations(store, {})
         self._specs: tuple[HandlerSpec, ...] = ()
+        self._table = Table(())
+        self._tables: dict[tuple[HandlerSpec, ...], Table] = {}  # per set of plugins a post may reach
         self._queue: asyncio.Queue[Posted | Hello | _Release] = asyncio.Queue(QUEUE_SIZE)
         self._consumer: asyncio.Task[None] | None = None
         self.accepting = True
@@ -89,6 +89,8 @@ class Dispatcher:
 
     def handlers_changed(self) -> None:
         self._specs = tuple(h.spec for h in self.handlers.values())
+        self._table = Table(self._specs)
+        self._tables = {}
 
     def start(self) -> None:
         self.handlers_changed()
@@ -185,12 +187,16 @@ class Dispatcher:
             return False
         post = event.post
         active = await self.store.active(post.root_id) if post.root_id else []
-        specs = self._specs if self.plugin_access.is_open else self._allowed(event)
-        routed = plan(event, self.me, tuple(b.handler for b in active), specs, self.end_words)
+        if active and any(b.awaiting for b in active):  # after a usage hint, only the caller's question continues
+            active = [b for b in active if not b.awaiting or b.awaiting == post.user_id]
+        table = self._table if self.plugin_access.is_open else self._table_for(event)
+        routed = plan(event, self.me, tuple(b.handler for b in active) if active else (), table, self.end_words)
         decision = routed.decision
         if isinstance(decision, Ignore) and not routed.passive:
-            if routed.step != 1 and active:
-                log.debug("post %s in thread %s: step 7, nothing takes it", post.id, post.thread_id)
+            if routed.step == 7 and post.root_id:  # a reply nothing takes: was the bot part of this thread?
+                return await self._after_the_end(event)
+            if routed.step != 1 and log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: not answered, step %d: %s", event, routed.step, decision.reason)
             return False
         if not await self.store.claim(post.id):  # seen twice: a replayed event, or a catch-up overlapping the socket
             return False
@@ -198,16 +204,26 @@ class Dispatcher:
             await self.learn_team_names(event.team_id)
         refusal = None if self.policy.is_open else self.policy.refuses(event)
         thread_id = post.thread_id
+        cue: Cue | None = None  # left unanswered on purpose: the reaction that says so
         if refusal is not None:
-            log.info("post %s in thread %s not answered: %s", post.id, thread_id, refusal)
+            log.info("%s: not answered: %s", event, refusal)
             admitted = await self.limits.dm_refusal(event, decision)
+            if admitted is None and not isinstance(decision, Ignore) and await self.store.first_notice(
+                f"cue:{thread_id}", CUE_ONCE_PER
+            ):
+                cue = Cue(Cue.NOT_ALLOWED, refusal)
         else:
             for name in routed.passive:  # step 2: in addition to whatever takes the post
-                log.info("post %s in thread %s: step 2 (passive) -> %s", post.id, thread_id, name)
+                log.info("%s: step 2 (passive) -> %s", event, name)
                 self.scheduler.submit(thread_id, Job(Passive(name), event, "", replayed, step=2))
             admitted = await self.admit(event, decision)
+            if admitted is None and not isinstance(decision, Ignore):
+                cue = Cue(Cue.OVER_A_LIMIT, "over a limit (told before)")  # on every such post: the catch-up skips it
         if admitted is None:
-            return bool(routed.passive) and refusal is None
+            if cue is not None:
+                log.debug("%s: not answered (%s); cue :%s:", event, cue.why, cue.emoji)
+                self.scheduler.submit(thread_id, Job(cue, event, "", replayed))
+            return cue is not None or (bool(routed.passive) and refusal is None)
         decision = admitted
         self._remember_name(post.user_id, event.sender_name)
         conversation = ""
@@ -216,6 +232,11 @@ class Dispatcher:
             spec = self.handlers[decision.handler].spec
             if spec.conversational:
                 await open_conversation(self.store, thread_id, spec, post.user_id, conversation, self.notify)
+        elif isinstance(decision, Usage) and self.handlers[decision.handler].spec.conversational:
+            # the hint asks for the question: the caller's next post in the thread is it
+            spec = self.handlers[decision.handler].spec
+            await self.store.bind(thread_id, spec.name, post.user_id, post.id, ttl=spec.conversation_timeout,
+                                  awaiting=post.user_id)
         elif isinstance(decision, Continue):
             conversation = next(b.conversation for b in active if b.handler == decision.handler)
             await self.store.touch(thread_id, decision.handler)
@@ -225,7 +246,7 @@ class Dispatcher:
             await close_conversations(self.store, thread_id, None, ENDED, self.notify)
         caught = " (caught up)" if replayed else ""
         log.info(
-            "post %s in thread %s: step %d (%s) -> %s, %s%s", post.id, thread_id, routed.step, STEPS[routed.step],
+            "%s: step %d (%s) -> %s, %s%s", event, routed.step, STEPS[routed.step],
             decision.handler, type(decision).__name__.lower(), caught,  # type: ignore[union-attr]
         )
         job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks)
@@ -233,35 +254,35 @@ class Dispatcher:
         self.scheduler.submit(thread_id, job, coalesces=coalesces)
         return True
 
+    def _table_for(self, event: Posted) -> Table:
+        """The routing table of the plugins this post may reach (LLMBOT_PLUGIN_* lists)."""
+        specs = self.plugin_access.allowed(self._specs, event)
+        table = self._tables.get(specs)
+        if table is None:
+            table = self._tables[specs] = Table(specs)
+        return table
+
+    async def _after_the_end(self, event: Posted) -> bool:
+        """A reply no conversation takes. If the thread's conversation with the bot ended or expired,
+        its first such post gets a cue (:zzz:), so nobody waits for an answer that won't come."""
+        post = event.post
+        why = await self.store.take_quiet(post.root_id)
+        if why is None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: not answered: no conversation here and no trigger", event)
+            return False
+        if not await self.store.claim(post.id):
+            return False
+        log.debug("%s: not answered: the conversation here has %s; cue :%s:", event, why, Cue.QUIET)
+        self.scheduler.submit(post.thread_id, Job(Cue(Cue.QUIET, f"conversation {why}"), event))
+        return True
+
     async def admit(self, event: Posted, decision: Decision) -> Decision | None:
         """A new call within the per-user limits: the call, a refusal to post, or None (silence).
         Anything else passes as it is."""
         if isinstance(decision, Ignore):
             return None
-        if not isinstance(decision, Start):
-            return decision
-        admitted = await self.limits.admit(event, decision)
-        if not isinstance(admitted, Start) or self.activations.is_open:
-            return admitted
-        if await self.activations.admit(decision.handler, event.post.create_at / 1000):
-            return admitted
-        plugin, user = decision.handler, event.post.user_id
-        log.info("plugin %s opened %d conversations within a minute (LLMBOT_MAX_ACTIVATIONS_PER_MINUTE): post %s not taken",
-                 plugin, self.activations.limit(plugin), event.post.id)
-        if await self.store.first_notice(f"plugin-rate:{plugin}:{user}", BUSY_NOTICE_EVERY):
-            return Refuse(plugin, f"`{self.handlers[plugin].call_word()}` is busy right now. Please try again in a minute.")
-        return None
-
-    def _allowed(self, event: Posted) -> tuple[HandlerSpec, ...]:
-        """The handlers this post may reach under the per-plugin access lists (LLMBOT_PLUGIN_ALLOWED_CHANNELS and the like)."""
-        allowed = []
-        for spec in self._specs:
-            reason = self.plugin_access.refuses(spec.name, event)
-            if reason is None:
-                allowed.append(spec)
-            else:
-                log.debug("post %s: plugin %s left out: %s", event.post.id, spec.name, reason)
-        return tuple(allowed)
+        return await self.limits.admit(event, decision) if isinstance(decision, Start) else decision
 
     async def learn_team_names(self, team_id: str = "") -> None:
         """Team names for access lists written with names. A team still unknown after a look-up
@@ -278,3 +299,4 @@ class Dispatcher:
             return
         for known_id, name in teams.items():
             self.policy.learn_team(known_id, name)
+

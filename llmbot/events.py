@@ -24,6 +24,12 @@ class Posted(NamedTuple):
     def is_direct(self) -> bool:
         return self.channel_type == "D"
 
+    def __str__(self) -> str:
+        """The post as an admin reads it in a log line: ids, and the names beside them."""
+        post = self.post
+        where = f"~{self.channel_name}" if self.channel_name else post.channel_id
+        return f"post {post.id} by @{self.sender_name or post.user_id} in {where} (thread {post.thread_id})"
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:

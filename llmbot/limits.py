@@ -5,6 +5,8 @@
   it was written, not when the catch-up reads it.
 - Open conversations (LLMBOT_MAX_CONVERSATIONS_PER_USER): over it the user's least recently
   active conversation ends quietly and the new one opens (what the OVOS active list does).
+- Activations per plugin (LLMBOT_MAX_ACTIVATIONS_PER_MINUTE), all users together: over it the
+  post is refused, and the user is told once per TELL_ONCE_PER.
 - With DMs off, a user who writes to the bot hears why it stays silent, once.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 from .events import Posted
 from .hooks import DISPLACED, Notify, close_conversations, quiet
+from .plugin_access import Activations
 from .router import Decision, Refuse, Start, Usage
 from .store.base import Store
 
@@ -34,6 +37,7 @@ class Limits:
         direct_messages: bool,
         call_word: Callable[[str], str],
         notify: Notify = quiet,
+        activations: Activations | None = None,
     ) -> None:
         self.store = store
         self.max_starts = max_starts_per_minute
@@ -41,6 +45,15 @@ class Limits:
         self.direct_messages = direct_messages
         self.call_word = call_word  # handler name -> how users call it
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
+        self.activations = activations  # LLMBOT_MAX_ACTIVATIONS_PER_MINUTE, per plugin
+
+    async def _plugin_admits(self, event: Posted, decision: Start) -> bool:
+        activations = self.activations
+        if activations is None or activations.is_open or await activations.admit(decision.handler, event.post.create_at / 1000):
+            return True
+        log.info("plugin %s opened %d conversations within a minute (LLMBOT_MAX_ACTIVATIONS_PER_MINUTE): post %s not taken",
+                 decision.handler, activations.limit(decision.handler), event.post.id)
+        return False
 
     async def dm_refusal(self, event: Posted, decision: Decision) -> Decision | None:
         """With DMs off: a refusal for the first DM in a while, else nothing."""
@@ -65,6 +78,11 @@ class Limits:
                     "Please wait a moment before starting another.",
                 )
             return None
+        if not await self._plugin_admits(event, decision):
+            return (
+                Refuse(decision.handler, f"`{self.call_word(decision.handler)}` is busy right now. Please try again in a minute.")
+                if await self.store.first_notice(f"plugin-rate:{decision.handler}:{user}", TELL_ONCE_PER) else None
+            )
         if self.max_open:
             opened = await self.store.opened_by(user)
             for thread_id, _ in opened[: max(0, len(opened) - self.max_open + 1)]:  # least recent first

@@ -18,10 +18,12 @@ that mention others, so the app can warn or refuse to start.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .events import Posted
+from .router import HandlerSpec
 from .settings import Settings
 from .store.base import Store
 
@@ -30,6 +32,8 @@ USER_DENIED = "user is in LLMBOT_PLUGIN_DENIED_USERS"
 USER_NOT_ALLOWED = "user is not in LLMBOT_PLUGIN_ALLOWED_USERS"
 CHANNEL_DENIED = "channel is in LLMBOT_PLUGIN_DENIED_CHANNELS"
 CHANNEL_NOT_ALLOWED = "channel is not in LLMBOT_PLUGIN_ALLOWED_CHANNELS"
+
+log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds: LLMBOT_MAX_ACTIVATIONS_PER_MINUTE is a sliding minute
 STORE_KEY = "plugin:{}"  # the counter's key in Store.count_start; Mattermost user ids hold no ':'
@@ -115,6 +119,17 @@ class PluginAccess:
         if channels and rules.allow_channels and not _hit(rules.allow_channels, channel, channel_name):
             return CHANNEL_NOT_ALLOWED
         return None
+
+    def allowed(self, specs: tuple[HandlerSpec, ...], event: Posted) -> tuple[HandlerSpec, ...]:
+        """The handlers this post may reach: a refused plugin is routed as if it were not loaded."""
+        allowed = []
+        for spec in specs:
+            reason = self.refuses(spec.name, event)
+            if reason is None:
+                allowed.append(spec)
+            else:
+                log.debug("post %s: plugin %s left out: %s", event.post.id, spec.name, reason)
+        return tuple(allowed)
 
     def may_converse(self, plugin: str) -> bool:
         """May `plugin` hold a conversation? If not, its turns are one-shot."""

@@ -291,8 +291,10 @@ def threads_of(posts: Iterable[Post]) -> dict[str, Thread]:
 
 
 def waiting_posts(thread: Thread, me_id: str, since_ms: int) -> list[Post]:
-    """Human posts newer than `since_ms` that no post of the bot has answered yet, oldest first."""
+    """Human posts newer than `since_ms` that no post of the bot has answered yet, oldest first.
+    A post the bot reacted to was decided on live (left unanswered on purpose, with a cue)."""
     return [
         p for p in thread.posts
-        if p.create_at > since_ms and p.user_id != me_id and p.is_human and not already_answered(thread, p, me_id)
+        if p.create_at > since_ms and p.user_id != me_id and p.is_human and me_id not in p.reacted
+        and not already_answered(thread, p, me_id)
     ]

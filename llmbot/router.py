@@ -5,6 +5,7 @@
 3. In a thread with active conversations: the end word ends them all (one goodbye); then the
    handlers' interrupt triggers, in handler order.
 4. The thread's active conversations, most recently active first: the first that accepts takes it.
+   A post that @mentions someone else and not the bot is not for the bot: ignored.
 5. If none accepts (or none is active): every handler's triggers in order; the first match wins.
 6. A DM root post or an @mention with no trigger -> the first conversational handler.
 7. Nothing matched -> ignored at no cost.
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .events import Posted
-from .triggers import is_end_word, matches_any, strip_call
+from .triggers import addressed_to_others, is_end_word, matches_any, strip_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,20 @@ class Passive:
 
 
 @dataclass(frozen=True, slots=True)
+class Cue:
+    """Leave the post unanswered on purpose, with a reaction on it that says why (and tells a
+    catch-up after a restart that this post was decided on)."""
+
+    emoji: str
+    why: str
+    handler: str = ""
+
+    QUIET: ClassVar[str] = "zzz"  # the first post after a thread's conversation ended or expired
+    NOT_ALLOWED: ClassVar[str] = "no_entry_sign"  # the access lists (or DMs off) say no
+    OVER_A_LIMIT: ClassVar[str] = "hourglass_flowing_sand"  # over a limit the user was told about already
+
+
+@dataclass(frozen=True, slots=True)
 class Refuse:
     """A limit or a policy says no; `message` tells the user (the app decides this, not route())."""
 
@@ -93,7 +109,7 @@ class Refuse:
     message: str
 
 
-Decision = Ignore | Start | Continue | End | Usage | Refuse | Passive
+Decision = Ignore | Start | Continue | End | Usage | Refuse | Passive | Cue
 
 STEPS = {
     1: "not a human post",
@@ -130,14 +146,32 @@ def _ignore(step: int, reason: str, passive: tuple[str, ...] = ()) -> Route:
     return Route(((step, Ignore(reason)),), passive)
 
 
+NOTHING = _ignore(7, "no trigger")  # the common outcome, made once: most posts call nobody
+
+
+class Table:
+    """What plan() needs of a handler list, worked out once per list (not per post)."""
+
+    __slots__ = ("handlers", "names", "default", "passive", "interrupts", "triggers")
+
+    def __init__(self, handlers: tuple[HandlerSpec, ...]) -> None:
+        self.handlers = handlers
+        self.names = frozenset(h.name for h in handlers)
+        self.default = next((h for h in handlers if h.conversational), None)  # step 6
+        self.passive = tuple((h.name, h.passive) for h in handlers if h.passive)
+        self.interrupts = tuple((h.name, h.interrupts) for h in handlers if h.interrupts)
+        self.triggers = tuple((h, h.triggers) for h in handlers if h.triggers)
+
+
 def plan(
     event: Posted,
     me: Identity,
     active: tuple[str, ...],
-    handlers: tuple[HandlerSpec, ...],
+    handlers: tuple[HandlerSpec, ...] | Table,
     end_words: tuple[str, ...],
 ) -> Route:
     """What to try for `event`; `active` names the thread's live conversations, newest first."""
+    table = handlers if isinstance(handlers, Table) else Table(handlers)
     post = event.post
     if post.user_id == me.user_id:
         return _ignore(1, "own post")
@@ -153,35 +187,37 @@ def plan(
     text = post.message
     # "@llmbot food today" calls the plugin whose trigger is "food": the mention only addresses the bot
     called = text[lead.end() :].lstrip(" \t,:;") if text.startswith("@") and (lead := me.mention.match(text)) else text
-    passive = tuple(h.name for h in handlers if h.passive and matches_any(called, h.passive))
-    known = {h.name for h in handlers}
-    live = tuple(name for name in active if name in known) if not post.is_root else ()
+    passive = tuple(name for name, patterns in table.passive if matches_any(called, patterns)) if table.passive else ()
+    root = not post.root_id
+    if not root and "@" in text and addressed_to_others(text, me.mention):  # "@marc what do you think?"
+        return _ignore(4, "addressed to someone else", passive)
+    live = tuple(name for name in active if name in table.names) if active and not root else ()
     if live:
         if is_end_word(text, end_words, me.mention):
             return Route(((3, End(live[0])),), passive)
-        for handler in handlers:  # interrupts, like the end word, come before the conversations
-            if handler.interrupts and matches_any(called, handler.interrupts):
-                return Route(((3, Start(handler.name)),), passive)
+        for name, patterns in table.interrupts:  # interrupts, like the end word, come before the conversations
+            if matches_any(called, patterns):
+                return Route(((3, Start(name)),), passive)
+    new = _new_call(event, me, text, called, table)
+    if not live:
+        if new is None:
+            return Route(NOTHING.candidates, passive) if passive else NOTHING
+        return Route((new,), passive)
     candidates: list[tuple[int, Decision]] = [(4, Continue(name)) for name in live]
-    new = _new_call(event, me, text, called, handlers)
     if new is not None:
         candidates.append(new)
-    if not candidates:
-        return _ignore(7, "no trigger", passive)
     return Route(tuple(candidates), passive)
 
 
-def _new_call(
-    event: Posted, me: Identity, text: str, called: str, handlers: tuple[HandlerSpec, ...]
-) -> tuple[int, Decision] | None:
+def _new_call(event: Posted, me: Identity, text: str, called: str, table: Table) -> tuple[int, Decision] | None:
     """Steps 5 and 6: a trigger, or a DM root post / an @mention for the first conversational handler."""
-    post = event.post
-    for handler in handlers:
-        if matches_any(called, handler.triggers):
+    for handler, triggers in table.triggers:
+        if matches_any(called, triggers):
             return 5, _start_or_usage(handler, text, me)
-    default = next((h for h in handlers if h.conversational), None)
+    default = table.default
     if default is None:
         return None
+    post = event.post
     if event.is_direct and post.is_root:
         return 6, _start_or_usage(default, text, me, allow_files=post.file_count > 0)
     if "@" in text and me.mention.search(text):  # the cheap test first: most posts mention nobody

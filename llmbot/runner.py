@@ -16,7 +16,7 @@ from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .ports import ChatAPI
 from .reply import ReplyWriter, Where
 from .retry import RETRY_BASE
-from .router import Continue, Decision, Start
+from .router import Continue, Cue, Decision, Start
 from .store.base import Store
 from .thread import Post, Thread
 
@@ -88,6 +88,9 @@ class TurnRunner:
         )
 
     async def run(self, job: Job) -> None:
+        if isinstance(job.decision, Cue):
+            await self._cue(job, job.decision)
+            return
         shared: dict[str, Thread] = {}  # the thread read once, for every candidate asked
         if await self._run_one(job, shared) is False and isinstance(job.decision, Continue):
             await self._fall_through(job, shared)
@@ -120,6 +123,14 @@ class TurnRunner:
             await self._run_one(Job(admitted, job.event, conversation, job.replayed, step), shared)
             return
         log.info("post %s in thread %s: declined by every conversation here, and no trigger", post.id, post.thread_id)
+
+    async def _cue(self, job: Job, cue: Cue) -> None:
+        """A reaction on a post left unanswered on purpose: best effort, never a notice."""
+        post = job.event.post
+        try:
+            await self._writer(job).retrying(lambda: self.chat.add_reaction(post.id, cue.emoji), f"post {post.id}: cue")
+        except ChatError as exc:
+            log.warning("post %s in thread %s: the cue :%s: could not be added: %s", post.id, post.thread_id, cue.emoji, exc)
 
     async def _run_one(self, job: Job, shared: dict[str, Thread] | None = None) -> bool | None:
         """Run one handler on the job; False if it declined a follow-up."""

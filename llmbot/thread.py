@@ -26,6 +26,7 @@ class Post(NamedTuple):
     file_count: int = 0
     delete_at: int = 0
     edit_at: int = 0
+    reacted: frozenset[str] = frozenset()  # user ids that reacted to it (the server's metadata, in post lists)
 
     @property
     def thread_id(self) -> str:
@@ -93,7 +94,18 @@ def post_from_json(data: Any) -> Post | None:
         file_count=len(file_ids) if isinstance(file_ids, list) else 0,
         delete_at=_int(data.get("delete_at")),
         edit_at=_int(data.get("edit_at")),
+        reacted=_reacted(data.get("metadata")),
     )
+
+
+_NOBODY: frozenset[str] = frozenset()
+
+
+def _reacted(metadata: Any) -> frozenset[str]:
+    reactions = metadata.get("reactions") if isinstance(metadata, Mapping) else None
+    if not reactions or not isinstance(reactions, list):
+        return _NOBODY
+    return frozenset(text_or_empty(r.get("user_id")) for r in reactions if isinstance(r, Mapping))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,18 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..context import ChatMessage, Speaker, build_messages, participants
+from ..context import ChatMessage, Speaker, fit_to_budget, participants, recent_turns
 from ..errors import ContextTooLong, LlmbotError
 from ..handlers.base import Turn
 from ..ports import LLMClient
-from ..record import KIND_END, newest_human_post, state_of
+from ..record import KIND_END, STATUS_LINE, newest_human_post, state_of
 from ..reply import ReplyWriter
 from ..thread import Post, Thread
 from ..tokens import Tokenizer
 from ..triggers import mention_pattern
 
 NEAR_LIMIT = 0.9  # a prompt this close to the budget may be over the server's window
+CUT_NOTE = "Your message was too long for me: I read its beginning and its end; about {n:,} tokens in the middle were left out."
 TOO_LONG = "⚠️ This conversation is too long for the language model. Please start a new one."
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,17 @@ class Message:
     def context(self, system: str, *, budget: int | None = None) -> list[ChatMessage]:
         """`thread` as chat messages for the LLM within `budget` tokens (LLMBOT_MAX_CONTEXT_TOKENS):
         `system` first, the bot's answers as assistant, each person's posts as user."""
+        return self._fitted(system, budget or self._tools.context_tokens)[0]
+
+    def _fitted(self, system: str, budget: int) -> tuple[list[ChatMessage], int]:
+        """The context, and how many tokens of the newest message were cut out of its middle."""
         tools = self._tools
-        return build_messages(self.thread, system, self._speaker(), self.names, budget or tools.context_tokens, tools.tokenizer)
+        turns = recent_turns(self.thread, self._speaker(), self.names, budget, tools.tokenizer)
+        messages = fit_to_budget(system, turns, budget, tools.tokenizer)
+        cut = 0
+        if turns and turns[-1].role == "user" and messages[-1].content != turns[-1].content:
+            cut = tools.tokenizer.count(turns[-1].content) - tools.tokenizer.count(messages[-1].content)
+        return messages, max(cut, 0)
 
     def llm(self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None) -> AsyncGenerator[str, None]:
         """The configured LLM's answer to `messages`, as it streams (for reply_stream)."""
@@ -136,9 +146,11 @@ class Message:
         while True:
             writer = self._writer()
             writer.answers = newest.id if newest is not None else self.post_id
-            messages = self.context(system, budget=budget)
+            messages, cut = self._fitted(system, budget)
             try:
                 await self.reply_stream(self._stream(messages, None, budget), state=state)
+                if cut and writer.posted:
+                    await self._say_cut(writer, cut)
                 return
             except ContextTooLong:  # raised only while nothing was shown yet
                 if budget <= self._tools.context_tokens // 4:
@@ -146,6 +158,14 @@ class Message:
                     return
                 budget //= 4  # the server's limit is below ours: cut hard, once
                 log.info("thread %s: context too long for the model; retrying with %d tokens", self.thread_id, budget)
+
+    async def _say_cut(self, writer: ReplyWriter, cut: int) -> None:
+        """The newest message did not fit the budget: its middle was left out. The answer says so."""
+        log.warning("thread %s: the newest message was cut to fit LLMBOT_MAX_CONTEXT_TOKENS: %d tokens of its middle "
+                    "left out", self.thread_id, cut)
+        writer.pages.add(f"{STATUS_LINE}{CUT_NOTE.format(n=cut)}_")
+        if not await writer.deliver():
+            log.warning("thread %s: the note on the cut message could not be added to the answer", self.thread_id)
 
     async def end(self, text: str | None = None) -> None:
         """End this plugin's conversation in the thread; `text`, if any, is its goodbye."""

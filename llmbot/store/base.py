@@ -20,6 +20,9 @@ class Binding:
     conversation: str  # id of the post that opened it (recorded on every post of the bot's)
     last_activity: float  # store clock, seconds
     ttl: float | None = None  # seconds of silence that end it; None: the store's default
+    # After a usage hint ("gpt" alone): only this user's next post continues it (their question).
+    # Cleared by the first touch.
+    awaiting: str = ""
 
 
 class Store(Protocol):
@@ -27,10 +30,12 @@ class Store(Protocol):
         """The thread's most recently active live binding, or None (never bound, ended or expired)."""
 
     async def bind(
-        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
+        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None,
+        awaiting: str = "",
     ) -> Binding:
         """Bind a thread; `idle` says how long ago its last activity was (0 for a new one); `ttl`
-        overrides the store's default for this conversation (a handler's own timeout)."""
+        overrides the store's default for this conversation (a handler's own timeout); `awaiting`
+        names the one user whose next post continues it (after a usage hint)."""
 
     async def active(self, thread_id: str) -> list[Binding]:
         """The live conversations of the thread, most recently active first (several may be stacked:
@@ -46,6 +51,10 @@ class Store(Protocol):
     async def sweep(self) -> list[tuple[str, Binding, str]]:
         """(thread id, binding, reason) of the conversations that expired ("expired") or were pushed
         out of a full store ("displaced") since the last sweep: their plugins are told."""
+
+    async def take_quiet(self, thread_id: str) -> str | None:
+        """Why the thread's last conversation is over ("ended" or "expired", for a day after), once:
+        the next post there gets one cue, not every post."""
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         """(thread id, last activity) of the live conversations `user_id` opened, least recent first."""

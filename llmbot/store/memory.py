@@ -12,6 +12,7 @@ from cachetools import TLRUCache, TTLCache
 from .base import Binding
 
 MAX_DROPPED = 100_000  # conversations the caches dropped, waiting for the next sweep to report them
+QUIET_TTL = 24 * 3600.0  # a thread whose conversation is over gets its cue within a day, not after
 CLAIM_TTL = 3 * 3600.0  # a post is not replayed to the bot after hours: forget its claim then
 MAX_CLAIMS = 100_000
 MAX_USERS = 100_000
@@ -23,9 +24,10 @@ Dropped = list[tuple[str, Binding, str]]  # (thread id, binding, "expired" | "di
 class _Bindings(TLRUCache[str, Binding | tuple[Binding, ...]]):
     """The bindings cache, remembering what it drops by itself (expiry, overflow) for sweep()."""
 
-    def __init__(self, dropped: Dropped, **kwargs: Any) -> None:
+    def __init__(self, dropped: Dropped, quiet: TTLCache[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dropped = dropped
+        self.quiet = quiet
 
     def _record(self, key: str, value: Binding | tuple[Binding, ...], reason: str) -> None:
         if len(self.dropped) < MAX_DROPPED:
@@ -35,6 +37,7 @@ class _Bindings(TLRUCache[str, Binding | tuple[Binding, ...]]):
         gone = list(super().expire(time))
         for key, value in gone:
             self._record(key, value, "expired")
+            self.quiet[key] = "expired"
         return gone
 
     def popitem(self) -> tuple[str, Binding | tuple[Binding, ...]]:
@@ -54,8 +57,9 @@ class MemoryStore:
         # thread id -> its conversation, or (rarely) several stacked ones, newest first; the entry
         # lives as long as the longest-lived of them
         self._dropped: Dropped = []
+        self._quiet: TTLCache[str, str] = TTLCache(maxsize=maxsize, ttl=QUIET_TTL, timer=timer)
         self._bindings = _Bindings(
-            self._dropped, maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)),
+            self._dropped, self._quiet, maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)),
             timer=timer,
         )
         self._stacked: set[str] = set()  # threads with several conversations: one may expire alone
@@ -115,9 +119,11 @@ class MemoryStore:
         return self._live(thread_id)
 
     async def bind(
-        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None
+        self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None,
+        awaiting: str = "",
     ) -> Binding:
-        binding = Binding(handler, started_by, conversation, self._timer() - idle, ttl)
+        binding = Binding(handler, started_by, conversation, self._timer() - idle, ttl, awaiting)
+        self._quiet.pop(thread_id, None)
         others = [b for b in self._live(thread_id) if b.handler != handler]
         self._set(thread_id, [binding, *others])  # newest first: it is tried first
         threads = self._opened.setdefault(started_by, [])
@@ -158,7 +164,13 @@ class MemoryStore:
         live = self._live(thread_id)
         rest = [] if handler is None else [b for b in live if b.handler != handler]
         self._set(thread_id, rest)
+        if live and not rest:
+            self._quiet[thread_id] = "ended"
         return len(rest) < len(live)
+
+    async def take_quiet(self, thread_id: str) -> str | None:
+        self._bindings.expire()  # an expiry not noticed yet counts (fast when there is none)
+        return self._quiet.pop(thread_id, None)
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         threads = self._opened.get(user_id)

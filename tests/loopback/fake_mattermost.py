@@ -703,6 +703,8 @@ class FakeMattermost:
         self.reactions = [r for r in self.reactions if (r["user_id"], r["post_id"], r["emoji_name"]) != (user_id, post_id, name)]
         self.reactions.append(reaction)
         post["update_at"], post["has_reactions"] = now, True  # the store touches the post too
+        # lists of posts carry them in metadata, as the server's PreparePostForClient fills it
+        post["metadata"] = {**post.get("metadata", {}), "reactions": [r for r in self.reactions if r["post_id"] == post_id]}
         data = {"reaction": json.dumps(reaction)}
         await self._broadcast(post["channel_id"], "reaction_added", lambda _uid: data)
         return _json_response(reaction)

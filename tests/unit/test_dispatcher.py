@@ -352,7 +352,8 @@ class TestLimits:
 
             await world.send(*(posted_frame(p) for p in posts))
 
-            assert [decision for _, decision in world.routed()] == ["Start", "Start", "Refuse"]
+            # the fourth: told already, so a cue (a reaction) instead of a second refusal
+            assert [decision for _, decision in world.routed()] == ["Start", "Start", "Refuse", "Cue"]
             refusal = world.job_for(posts[2]["id"]).decision
             assert isinstance(refusal, Refuse) and "2 conversations" in refusal.message
             assert await world.store.get(posts[2]["id"]) is None

@@ -59,6 +59,11 @@ ROWS = [
     # step 3: the end word ends every conversation (one goodbye, by the most recent), then interrupts
     ("end word, two active", p.reply_in_thread(ROOT, "bye"), ("food", "gpt"), route_of((3, End("food")))),
     ("end word with a mention", p.reply_in_thread(ROOT, "@llmbot Bye!"), ("gpt",), route_of((3, End("gpt")))),
+    ("a goodbye among courtesy words", p.reply_in_thread(ROOT, "thanks, bye"), ("gpt",), route_of((3, End("gpt")))),
+    ("ok bye", p.reply_in_thread(ROOT, "ok bye"), ("gpt",), route_of((3, End("gpt")))),
+    ("bye, mentioning the bot after", p.reply_in_thread(ROOT, "bye @llmbot"), ("gpt",), route_of((3, End("gpt")))),
+    ("a sentence with the word", p.reply_in_thread(ROOT, "say bye to the old API"), ("gpt",),
+     route_of((4, Continue("gpt")))),
     ("end word, nothing active", p.reply_in_thread(ROOT, "bye"), (), route_of((7, Ignore("no trigger")))),
     ("interrupt inside a chat", p.reply_in_thread(ROOT, "alarm 5 min"), ("gpt",), route_of((3, Start("alarm")))),
     ("interrupt outside any", p.alice_in_town_square("alarm 5 min"), (), route_of((5, Start("alarm")))),
@@ -71,6 +76,11 @@ ROWS = [
      route_of((4, Continue("food")), (5, Start("food")))),
     ("a mention after declines", p.reply_in_thread(ROOT, "@llmbot what now?"), ("food",),
      route_of((4, Continue("food")), (6, Start("food")))),
+    ("addressed to someone else", p.reply_in_thread(ROOT, "@marc what do you think?"), ("gpt",),
+     route_of((4, Ignore("addressed to someone else")))),
+    ("someone else, and the bot", p.reply_in_thread(ROOT, "@marc @llmbot what do you think?"), ("gpt",),
+     route_of((4, Continue("gpt")), (6, Start("food")))),
+    ("@here is nobody in particular", p.reply_in_thread(ROOT, "@here lunch?"), ("gpt",), route_of((4, Continue("gpt")))),
     ("retired plugin's conversation", p.reply_in_thread(ROOT, "and then?"), ("retired",),
      route_of((7, Ignore("no trigger")))),
     # step 5: triggers in LLMBOT_PLUGINS order, the first match wins
