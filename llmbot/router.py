@@ -163,6 +163,17 @@ class Table:
         self.triggers = tuple((h, h.triggers) for h in handlers if h.triggers)
 
 
+_last_table = Table(())
+
+
+def _table_of(handlers: tuple[HandlerSpec, ...]) -> Table:
+    """The Table of a handler list given as a tuple, remembered while the same tuple comes again."""
+    global _last_table
+    if _last_table.handlers is not handlers:
+        _last_table = Table(handlers)
+    return _last_table
+
+
 def plan(
     event: Posted,
     me: Identity,
@@ -171,7 +182,7 @@ def plan(
     end_words: tuple[str, ...],
 ) -> Route:
     """What to try for `event`; `active` names the thread's live conversations, newest first."""
-    table = handlers if isinstance(handlers, Table) else Table(handlers)
+    table = handlers if isinstance(handlers, Table) else _table_of(handlers)
     post = event.post
     if post.user_id == me.user_id:
         return _ignore(1, "own post")
