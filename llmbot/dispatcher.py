@@ -186,14 +186,14 @@ class Dispatcher:
         if not self.accepting:
             return False
         post = event.post
-        active = await self.store.active(post.root_id) if post.root_id else []
+        active, quiet = await self.store.look(post.root_id) if post.root_id else ([], None)
         if active and any(b.awaiting for b in active):  # after a usage hint, only the caller's question continues
             active = [b for b in active if not b.awaiting or b.awaiting == post.user_id]
         table = self._table if self.plugin_access.is_open else self._table_for(event)
         routed = plan(event, self.me, tuple(b.handler for b in active) if active else (), table, self.end_words)
         decision = routed.decision
         if isinstance(decision, Ignore) and not routed.passive:
-            if routed.step == 7 and post.root_id:  # a reply nothing takes: was the bot part of this thread?
+            if quiet is not None and routed.step == 7:  # a reply in a thread whose conversation is over
                 return await self._after_the_end(event)
             if routed.step != 1 and log.isEnabledFor(logging.DEBUG):
                 log.debug("%s: not answered, step %d: %s", event, routed.step, decision.reason)
@@ -267,11 +267,7 @@ class Dispatcher:
         its first such post gets a cue (:zzz:), so nobody waits for an answer that won't come."""
         post = event.post
         why = await self.store.take_quiet(post.root_id)
-        if why is None:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: not answered: no conversation here and no trigger", event)
-            return False
-        if not await self.store.claim(post.id):
+        if why is None or not await self.store.claim(post.id):
             return False
         log.debug("%s: not answered: the conversation here has %s; cue :%s:", event, why, Cue.QUIET)
         self.scheduler.submit(post.thread_id, Job(Cue(Cue.QUIET, f"conversation {why}"), event))

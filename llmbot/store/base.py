@@ -52,6 +52,10 @@ class Store(Protocol):
         """(thread id, binding, reason) of the conversations that expired ("expired") or were pushed
         out of a full store ("displaced") since the last sweep: their plugins are told."""
 
+    async def look(self, thread_id: str) -> tuple[list[Binding], str | None]:
+        """active(), and when nothing is active, why the thread's last conversation is over (as
+        take_quiet says, without taking it): one look-up on the dispatcher's hot path."""
+
     async def take_quiet(self, thread_id: str) -> str | None:
         """Why the thread's last conversation is over ("ended" or "expired", for a day after), once:
         the next post there gets one cue, not every post."""

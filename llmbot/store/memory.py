@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import Cache, TLRUCache, TTLCache
 
 from .base import Binding
 
@@ -82,6 +82,8 @@ class MemoryStore:
     def _live(self, thread_id: str) -> list[Binding]:
         value = self._bindings.get(thread_id)
         if value is None:
+            if Cache.__contains__(self._bindings, thread_id):  # there, but expired: noticed now
+                self._bindings.expire()
             return []
         now = self._timer()
         return [b for b in _all(value) if self._expiry(b) > now]
@@ -168,8 +170,12 @@ class MemoryStore:
             self._quiet[thread_id] = "ended"
         return len(rest) < len(live)
 
+    async def look(self, thread_id: str) -> tuple[list[Binding], str | None]:
+        live = self._live(thread_id)
+        return live, None if live else self._quiet.get(thread_id)
+
     async def take_quiet(self, thread_id: str) -> str | None:
-        self._bindings.expire()  # an expiry not noticed yet counts (fast when there is none)
+        self._live(thread_id)  # an expiry not noticed yet counts
         return self._quiet.pop(thread_id, None)
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
