@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-DEFAULT_TRIGGER = r"^gpt\b"
+# "gpt" at the start of a post, then whitespace, ':' or ',' or nothing: `gpt how...`, `gpt: how...`,
+# `gpt, how...` and `gpt` alone call the bot; `GPT-5 is out` and `gpt's answer` do not (a bare \b did).
+DEFAULT_TRIGGER = r"^gpt(?=[\s:,]|$)"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PLUGIN_NAME = re.compile(r"[a-z0-9_.-]+")  # what the loader accepts as a plugin's `name`
 MAX_ACTIVATIONS = 10_000  # a minute; like LLMBOT_MAX_STARTS_PER_MINUTE
