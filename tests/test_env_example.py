@@ -12,7 +12,7 @@ from llmbot.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / ".env.example"
-LLMBOT_VARIABLE = re.compile(r"\bLLMBOT_[A-Z][A-Z0-9_]*")
+LLMBOT_VARIABLE = re.compile(r"\bLLMBOT_[A-Z][A-Z0-9_]*[A-Z0-9]\b")  # not a wildcard like LLMBOT_PLUGIN_*
 CONNECTION_VARIABLES = {"MATTERMOST_URL", "MATTERMOST_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
 
 
