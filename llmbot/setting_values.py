@@ -7,6 +7,7 @@ into one line per bad variable.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,30 @@ def one_word(value: object) -> str:
     if len(text.split()) != 1:
         raise ValueError("must be a single value without spaces")
     return text
+
+
+# What python-dotenv makes of a backslash escape inside double quotes, back to what was typed.
+_TYPED = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t", "\v": r"\v"}
+_NAMES = {"\a": "a bell", "\b": "a backspace", "\f": "a form feed", "\n": "a line break", "\r": "a carriage return",
+          "\t": "a tab", "\v": "a vertical tab"}
+
+
+def control_character(name: str, value: str, *, secret: bool = False) -> str | None:
+    r"""The one-line problem of a value holding a control character, or None.
+
+    No setting wants one, and the usual cause is a `.env` line in double quotes: python-dotenv reads
+    `"^(gpt|ai)\b"` as a pattern ending in a backspace, which never matches. The fix shown is the
+    line as it was typed, in single quotes (where backslashes stay as written)."""
+    found = [c for c in value if unicodedata.category(c) == "Cc"]
+    if not found:
+        return None
+    shown = name if secret else f"{name}={value!r}"
+    odd = next((c for c in found if c not in _TYPED), None)
+    if odd is not None:  # not from a .env escape: pasted, or set that way in the environment
+        return f"{shown} has a control character (U+{ord(odd):04X}): remove it"
+    typed = "...." if secret else "".join(_TYPED.get(c, c) for c in value).replace("'", "\\'")
+    why = f"{_NAMES[found[0]]} ({_TYPED[found[0]]} inside double quotes in .env becomes one)"
+    return f"{shown} has {why}: in .env, write it in single quotes: {name}='{typed}'"
 
 
 def regex(value: object) -> re.Pattern[str]:

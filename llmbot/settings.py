@@ -7,9 +7,10 @@ bad variable, so one start names them all.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,32 +160,60 @@ def _variable(field_name: str) -> str:
     return alias
 
 
+def read_env_file(env_file: str | os.PathLike[str] | None) -> dict[str, str]:
+    """The values of `env_file` as python-dotenv reads them (quotes, export, comments); {} when absent."""
+    if env_file is None or not Path(env_file).is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+
+
 def read_environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
     """The process environment over the values of `env_file` (the environment wins)."""
-    merged: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update(os.environ)
-    return merged
+    return read_env_file(env_file) | dict(os.environ)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
-    """Validate `env` into Settings, or raise ConfigError naming every bad variable."""
-    token = _GIVEN.set(env)
+    """Validate `env` into Settings, or raise ConfigError naming every bad variable.
+
+    A value with a control character is named first and on its own (it is almost always a `.env`
+    escape in double quotes, so the fix is the quotes, whatever else the value says)."""
+    garbled: dict[str, str] = {}
+    for name in map(_variable, Settings.model_fields):
+        problem = parse.control_character(name, (env.get(name) or "").strip(), secret=name in _SECRET)
+        if problem is not None:
+            garbled[name] = problem
+    token = _GIVEN.set({k: v for k, v in env.items() if k not in garbled})
     try:
-        return Settings()  # the required fields come from `env`, through _Variables
+        settings = Settings()  # the required fields come from `env`, through _Variables
     except ValidationError as exc:
         # `from None`: pydantic's own text would echo input values, and that is our formatter's job.
-        raise ConfigError([_problem(error) for error in exc.errors()]) from None
+        problems = [_problem(error) for error in exc.errors() if _variable(_FIELD_OF[str(error["loc"][0])]) not in garbled]
+        raise ConfigError([*garbled.values(), *problems]) from None
     finally:
         _GIVEN.reset(token)
+    if garbled:
+        raise ConfigError(list(garbled.values()))
+    return settings
+
+
+def unknown_variables(env: Mapping[str, str], from_file: Collection[str] = (), env_file: str = ".env") -> list[str]:
+    """One warning per LLMBOT_* variable that no setting reads (a typo, or a setting since renamed),
+    with the closest real name; the others are nobody's business here (plugins, other tools)."""
+    known = {_variable(name).removeprefix("LLMBOT_"): _variable(name) for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(n for n in env if n.upper().startswith("LLMBOT_") and n not in known.values()):
+        where = env_file if name in from_file else "the environment"
+        close = difflib.get_close_matches(name[len("LLMBOT_") :].upper(), known, n=1, cutoff=0.6)
+        fix = f"did you mean {known[close[0]]}?" if close else "see .env.example for the settings there are"
+        warnings.append(f"{name} (in {where}) is not a setting of llmbot and is ignored: {fix}")
+    return warnings
 
 
 # --- pydantic's errors as the one-line fix-its an admin reads.
 
 _REQUIRED = {
     "MATTERMOST_URL": "the server's address, e.g. https://chat.example.com",
-    "MATTERMOST_TOKEN": "a bot access token from System Console > Bot Accounts",
+    "MATTERMOST_TOKEN": "the bot account's access token (Integrations → Bot Accounts → Create New Token)",
     "OPENAI_API_KEY": "sk-... (any non-empty value for servers that do not check)",
 }
 _SECRET = ("MATTERMOST_TOKEN", "OPENAI_API_KEY")

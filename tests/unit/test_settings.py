@@ -17,6 +17,7 @@ from llmbot.settings import (
     Settings,
     load_settings,
     read_environment,
+    unknown_variables,
 )
 
 TOKEN = "mm-token-4f9c2e7a1b"
@@ -509,9 +510,19 @@ class TestReadEnvironment:
         assert "LLMBOT_MODEL" not in read_environment(None)
         assert read_environment()["LLMBOT_MODEL"] == "from-file"  # the default is ./.env
 
+    def test_the_shipped_example_pre_fills_nothing_that_must_be_changed(self) -> None:
+        # the first start names every value the admin must give, the server's address too
+        problems = problems_for(read_environment(REPO / ".env.example"))
+        assert problems == [
+            "MATTERMOST_URL is not set: set it to the server's address, e.g. https://chat.example.com",
+            "MATTERMOST_TOKEN is not set: set it to the bot account's access token (Integrations → Bot Accounts → Create New Token)",
+            "OPENAI_API_KEY is not set: set it to sk-... (any non-empty value for servers that do not check)",
+        ]
+
     def test_the_shipped_example_shows_the_defaults_and_loads_once_the_secrets_are_filled(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setenv("MATTERMOST_URL", "https://chat.example.com")
         monkeypatch.setenv("MATTERMOST_TOKEN", TOKEN)
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         settings = load_settings(read_environment(REPO / ".env.example"))
@@ -523,3 +534,62 @@ class TestReadEnvironment:
         )
         assert settings.trigger.pattern == DEFAULT_TRIGGER
 
+
+
+class TestControlCharacters:
+    """A .env line in double quotes turns \\b into a backspace: a trigger that never matches, in silence."""
+
+    def test_a_pattern_read_from_double_quotes_is_refused_with_the_line_to_write(self, tmp_path: Path) -> None:
+        dotenv = tmp_path / ".env"
+        dotenv.write_text('LLMBOT_TRIGGER="^(gpt|ai)\\b"\n', encoding="utf-8")
+        problem = single_problem(env(**read_environment(dotenv)))
+        assert problem == (
+            "LLMBOT_TRIGGER='^(gpt|ai)\\x08' has a backspace (\\b inside double quotes in .env becomes one): "
+            "in .env, write it in single quotes: LLMBOT_TRIGGER='^(gpt|ai)\\b'"
+        )
+
+    def test_the_single_quoted_line_it_suggests_loads(self, tmp_path: Path) -> None:
+        dotenv = tmp_path / ".env"
+        dotenv.write_text("LLMBOT_TRIGGER='^(gpt|ai)\\b'\n", encoding="utf-8")
+        settings = load_settings(env(**read_environment(dotenv)))
+        assert settings.trigger.match("ai what is up") and not settings.trigger.match("aim high")
+
+    @pytest.mark.parametrize(("value", "escape"), [("bye\x08x", "\\b"), ("by\te", "\\t"), ("b\nye", "\\n")])
+    def test_every_setting_refuses_them_naming_the_escape(self, value: str, escape: str) -> None:
+        problem = single_problem(env(LLMBOT_END=value))
+        assert problem.startswith("LLMBOT_END=") and f"({escape} inside double quotes" in problem
+
+    def test_a_secret_with_one_is_named_without_its_value(self) -> None:
+        problem = single_problem(env(OPENAI_API_KEY=f"{API_KEY}\x08"))
+        assert problem.startswith("OPENAI_API_KEY has a backspace") and API_KEY not in problem
+
+    def test_one_not_made_by_a_dotenv_escape_is_to_be_removed(self) -> None:
+        assert single_problem(env(LLMBOT_MODEL="llama\x01")) == "LLMBOT_MODEL='llama\\x01' has a control character (U+0001): remove it"
+
+    def test_it_is_named_once_among_the_other_problems(self) -> None:
+        problems = problems_for({"LLMBOT_TRIGGER": "^gpt\x08", "LLMBOT_MAX_TURNS": "many"})
+        assert sum(p.startswith("LLMBOT_TRIGGER") for p in problems) == 1
+        assert len(problems) == 5  # the trigger, the turns, the three required variables
+
+    def test_surrounding_whitespace_is_trimmed_as_before_not_refused(self) -> None:
+        assert load_settings(env(LLMBOT_END="bye\n")).end_words == ("bye",)
+
+
+class TestUnknownVariables:
+    def test_a_typo_gets_the_closest_real_name_and_where_it_was_written(self) -> None:
+        warnings = unknown_variables(env(LLMBOT_TRIGER="^ai\\b"), from_file={"LLMBOT_TRIGER"}, env_file="/etc/llmbot.env")
+        assert warnings == [
+            "LLMBOT_TRIGER (in /etc/llmbot.env) is not a setting of llmbot and is ignored: did you mean LLMBOT_TRIGGER?"
+        ]
+
+    def test_from_the_environment_and_without_a_close_name(self) -> None:
+        assert unknown_variables({"LLMBOT_COLOUR": "red"}) == [
+            "LLMBOT_COLOUR (in the environment) is not a setting of llmbot and is ignored: see .env.example for the settings there are"
+        ]
+
+    def test_known_settings_and_other_tools_variables_are_not_warned_about(self) -> None:
+        assert unknown_variables(env(LLMBOT_TRIGGER="x", LLMBOT_MAX_TURNS="3", OPENAI_ORG_ID="org", PATH="/bin")) == []
+
+    def test_every_setting_is_known(self) -> None:
+        every = {str(field.validation_alias): "x" for field in Settings.model_fields.values()}
+        assert unknown_variables(every) == []
