@@ -20,7 +20,22 @@ from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
 from .plugin_access import PluginAccess
 from .policy import AccessPolicy
-from .router import STEPS, Continue, Cue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, Table, Usage, plan
+from .router import (
+    NOTHING,
+    STEPS,
+    Continue,
+    Cue,
+    Decision,
+    End,
+    HandlerSpec,
+    Identity,
+    Ignore,
+    Passive,
+    Start,
+    Table,
+    Usage,
+    plan,
+)
 from .runner import Job
 from .scheduler import Scheduler
 from .store.base import Store
@@ -73,6 +88,7 @@ class Dispatcher:
         self.plugin_access = plugin_access if plugin_access is not None else PluginAccess()
         self._specs: tuple[HandlerSpec, ...] = ()
         self._table = Table(())
+        self._debug = False
         self._tables: dict[tuple[HandlerSpec, ...], Table] = {}  # per set of plugins a post may reach
         self._queue: asyncio.Queue[Posted | Hello | _Release] = asyncio.Queue(QUEUE_SIZE)
         self._consumer: asyncio.Task[None] | None = None
@@ -94,6 +110,7 @@ class Dispatcher:
 
     def start(self) -> None:
         self.handlers_changed()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the hot path logs "why not" only at DEBUG
         if self._consumer is None:
             self._consumer = asyncio.create_task(self._consume())
 
@@ -191,11 +208,15 @@ class Dispatcher:
             active = [b for b in active if not b.awaiting or b.awaiting == post.user_id]
         table = self._table if self.plugin_access.is_open else self._table_for(event)
         routed = plan(event, self.me, tuple(b.handler for b in active) if active else (), table, self.end_words)
+        if routed is NOTHING:  # most posts call nobody: the cheapest way out
+            if quiet is not None:  # a reply in a thread whose conversation is over
+                return await self._after_the_end(event)
+            if self._debug:
+                log.debug("%s: not answered: no trigger, no conversation here", event)
+            return False
         decision = routed.decision
         if isinstance(decision, Ignore) and not routed.passive:
-            if quiet is not None and routed.step == 7:  # a reply in a thread whose conversation is over
-                return await self._after_the_end(event)
-            if routed.step != 1 and log.isEnabledFor(logging.DEBUG):
+            if routed.step != 1 and self._debug:
                 log.debug("%s: not answered, step %d: %s", event, routed.step, decision.reason)
             return False
         if not await self.store.claim(post.id):  # seen twice: a replayed event, or a catch-up overlapping the socket

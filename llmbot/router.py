@@ -188,11 +188,12 @@ def plan(
         return _ignore(1, "own post")
     if not post.user_id:
         return _ignore(1, "post without author")
-    if post.from_bot:
-        return _ignore(1, "post by a bot")
-    if post.from_webhook:
-        return _ignore(1, "post by a webhook")
-    if post.is_system:
+    if post.props:  # most posts have none: then neither flag can be set
+        if post.from_bot:
+            return _ignore(1, "post by a bot")
+        if post.from_webhook:
+            return _ignore(1, "post by a webhook")
+    if post.type:
         return _ignore(1, "system post")
 
     text = post.message
@@ -209,7 +210,16 @@ def plan(
         for name, patterns in table.interrupts:  # interrupts, like the end word, come before the conversations
             if matches_any(called, patterns):
                 return Route(((3, Start(name)),), passive)
-    new = _new_call(event, me, text, called, table)
+    new: tuple[int, Decision] | None = None
+    for handler, triggers in table.triggers:  # step 5 (a loop, not any(): this runs for every post)
+        for trigger in triggers:
+            if trigger.search(called):
+                new = 5, _start_or_usage(handler, text, me)
+                break
+        if new is not None:
+            break
+    else:
+        new = _default_call(event, me, text, table)
     if not live:
         if new is None:
             return Route(NOTHING.candidates, passive) if passive else NOTHING
@@ -220,11 +230,8 @@ def plan(
     return Route(tuple(candidates), passive)
 
 
-def _new_call(event: Posted, me: Identity, text: str, called: str, table: Table) -> tuple[int, Decision] | None:
-    """Steps 5 and 6: a trigger, or a DM root post / an @mention for the first conversational handler."""
-    for handler, triggers in table.triggers:
-        if matches_any(called, triggers):
-            return 5, _start_or_usage(handler, text, me)
+def _default_call(event: Posted, me: Identity, text: str, table: Table) -> tuple[int, Decision] | None:
+    """Step 6: a DM root post or an @mention, for the first conversational handler."""
     default = table.default
     if default is None:
         return None

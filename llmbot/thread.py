@@ -102,7 +102,9 @@ _NOBODY: frozenset[str] = frozenset()
 
 
 def _reacted(metadata: Any) -> frozenset[str]:
-    reactions = metadata.get("reactions") if isinstance(metadata, Mapping) else None
+    if not metadata or type(metadata) is not dict:  # the common case, on every post the bot sees: no reactions
+        return _NOBODY
+    reactions = metadata.get("reactions")
     if not reactions or not isinstance(reactions, list):
         return _NOBODY
     return frozenset(text_or_empty(r.get("user_id")) for r in reactions if isinstance(r, Mapping))

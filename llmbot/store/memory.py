@@ -24,7 +24,7 @@ Dropped = list[tuple[str, Binding, str]]  # (thread id, binding, "expired" | "di
 class _Bindings(TLRUCache[str, Binding | tuple[Binding, ...]]):
     """The bindings cache, remembering what it drops by itself (expiry, overflow) for sweep()."""
 
-    def __init__(self, dropped: Dropped, quiet: TTLCache[str, str], **kwargs: Any) -> None:
+    def __init__(self, dropped: Dropped, quiet: Quiet, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dropped = dropped
         self.quiet = quiet
@@ -37,13 +37,47 @@ class _Bindings(TLRUCache[str, Binding | tuple[Binding, ...]]):
         gone = list(super().expire(time))
         for key, value in gone:
             self._record(key, value, "expired")
-            self.quiet[key] = "expired"
+            self.quiet.mark(key, "expired")
         return gone
 
     def popitem(self) -> tuple[str, Binding | tuple[Binding, ...]]:
         key, value = super().popitem()  # the least recently used: the store is full
         self._record(key, value, "displaced")
         return key, value
+
+
+class Quiet:
+    """Threads whose last conversation is over, and why, for QUIET_TTL: a plain dict (read on
+    every ignored reply, so the cheapest look-up there is), oldest first, trimmed as it grows."""
+
+    def __init__(self, maxsize: int, timer: Callable[[], float]) -> None:
+        self._marks: dict[str, tuple[str, float]] = {}  # thread id -> (reason, until)
+        self._maxsize = maxsize
+        self._timer = timer
+
+    def mark(self, thread_id: str, reason: str) -> None:
+        marks = self._marks
+        marks.pop(thread_id, None)  # re-inserted: the newest last
+        marks[thread_id] = (reason, self._timer() + QUIET_TTL)
+        if len(marks) > self._maxsize:
+            del marks[next(iter(marks))]
+
+    def peek(self, thread_id: str) -> str | None:
+        mark = self._marks.get(thread_id)
+        if mark is None:
+            return None
+        if mark[1] <= self._timer():
+            del self._marks[thread_id]
+            return None
+        return mark[0]
+
+    def take(self, thread_id: str) -> str | None:
+        reason = self.peek(thread_id)
+        self._marks.pop(thread_id, None)
+        return reason
+
+    def forget(self, thread_id: str) -> None:
+        self._marks.pop(thread_id, None)
 
 
 class MemoryStore:
@@ -57,7 +91,7 @@ class MemoryStore:
         # thread id -> its conversation, or (rarely) several stacked ones, newest first; the entry
         # lives as long as the longest-lived of them
         self._dropped: Dropped = []
-        self._quiet: TTLCache[str, str] = TTLCache(maxsize=maxsize, ttl=QUIET_TTL, timer=timer)
+        self._quiet = Quiet(maxsize, timer)
         self._bindings = _Bindings(
             self._dropped, self._quiet, maxsize=maxsize, ttu=lambda _key, value, _now: max(self._expiry(b) for b in _all(value)),
             timer=timer,
@@ -125,7 +159,7 @@ class MemoryStore:
         awaiting: str = "",
     ) -> Binding:
         binding = Binding(handler, started_by, conversation, self._timer() - idle, ttl, awaiting)
-        self._quiet.pop(thread_id, None)
+        self._quiet.forget(thread_id)
         others = [b for b in self._live(thread_id) if b.handler != handler]
         self._set(thread_id, [binding, *others])  # newest first: it is tried first
         threads = self._opened.setdefault(started_by, [])
@@ -167,16 +201,16 @@ class MemoryStore:
         rest = [] if handler is None else [b for b in live if b.handler != handler]
         self._set(thread_id, rest)
         if live and not rest:
-            self._quiet[thread_id] = "ended"
+            self._quiet.mark(thread_id, "ended")
         return len(rest) < len(live)
 
     async def look(self, thread_id: str) -> tuple[list[Binding], str | None]:
         live = self._live(thread_id)
-        return live, None if live else self._quiet.get(thread_id)
+        return live, None if live else self._quiet.peek(thread_id)
 
     async def take_quiet(self, thread_id: str) -> str | None:
         self._live(thread_id)  # an expiry not noticed yet counts
-        return self._quiet.pop(thread_id, None)
+        return self._quiet.take(thread_id)
 
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         threads = self._opened.get(user_id)
