@@ -1,4 +1,12 @@
-"""Command line: `llmbot run` serves, `llmbot check` validates the config and reaches both servers."""
+"""Command line: `llmbot run` serves, `llmbot check` validates the config and asks both servers.
+
+Exit codes, for a supervisor (sysexits.h where one fits):
+    0   a clean stop (SIGTERM/SIGINT), or `check` found nothing wrong
+    1   `check` found problems (one line each on stderr)
+    2   invalid settings, a missing --env-file, a plugin or prompt that cannot be loaded
+    75  EX_TEMPFAIL: Mattermost could not be reached at start (passing: start again later)
+    78  EX_CONFIG: Mattermost refuses the token, at start or later (permanent: do not restart)
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,13 @@ import argparse
 import asyncio
 import logging
 import os
+import stat
 import sys
+from importlib import metadata
+from pathlib import Path
 
-from .errors import ChatAuthError, ChatError, ConfigError, PromptError
+from .checks import TOKEN_HINT, check
+from .errors import ChatAuthError, ChatError, ChatForbidden, ConfigError, PromptError
 from .llm import OpenAIChat
 from .logs import configure_logging
 from .mattermost import MattermostChat
@@ -16,15 +28,59 @@ from .plugin_access import unknown_plugins
 from .plugins.api import Plugin
 from .plugins.loader import BUILT_IN, load_plugins
 from .prompts import load_system_prompt
-from .settings import Settings, load_settings, read_environment
+from .settings import Settings, load_settings, read_env_file, unknown_variables
 
 log = logging.getLogger("llmbot")
 
+EXIT_PROBLEMS = 1
+EXIT_SETTINGS = 2
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+DEFAULT_ENV_FILE = ".env"
+SECRETS = ("MATTERMOST_TOKEN", "OPENAI_API_KEY")
+# Written in the env file, these must reach the process environment, where their readers look:
+# tiktoken (its cache), the TLS and proxy set-up of every connection (llmbot/network.py).
+PROCESS_VARIABLES = frozenset({
+    "TIKTOKEN_CACHE_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY",
+})
 
-def _settings(env_file: str) -> Settings | None:
-    env = read_environment(env_file)
-    if env.get("TIKTOKEN_CACHE_DIR"):  # read by tiktoken itself, so it must reach the process environment
-        os.environ["TIKTOKEN_CACHE_DIR"] = env["TIKTOKEN_CACHE_DIR"]
+
+def version() -> str:
+    try:
+        return metadata.version("llmbot")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _environment(env_file: str | None) -> dict[str, str] | None:
+    """The settings' variables: the environment over the env file. A --env-file that names no file
+    stops the start (None); the default .env may be absent, when everything is in the environment."""
+    path = DEFAULT_ENV_FILE if env_file is None else env_file
+    if env_file is not None and not Path(env_file).is_file():
+        print(f"config: --env-file {env_file}: no such file", file=sys.stderr)
+        return None
+    from_file = read_env_file(path)
+    env = from_file | dict(os.environ)
+    for warning in unknown_variables(env, from_file, path):
+        print(f"warning: {warning}", file=sys.stderr)
+    if any(from_file.get(name) for name in SECRETS):
+        _warn_if_readable(path)
+    return env
+
+
+def _warn_if_readable(path: str) -> None:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if sys.platform != "win32" and mode & 0o077:
+        print(f"warning: {path} holds secrets and other users may read it (mode {mode:04o}): chmod 600 {path}", file=sys.stderr)
+
+
+def _settings(env_file: str | None) -> Settings | None:
+    env = _environment(env_file)
+    if env is None:
+        return None
+    for name, value in env.items():  # read from the environment by libraries and the network set-up, not settings
+        if name.upper() in PROCESS_VARIABLES and value and name not in os.environ:
+            os.environ[name] = value
     try:
         return load_settings(env)
     except ConfigError as exc:
@@ -50,19 +106,19 @@ def _plugins(settings: Settings) -> list[Plugin] | None:
     return None if problems else plugins
 
 
-def cmd_run(env_file: str) -> int:
+def cmd_run(env_file: str | None) -> int:
     settings = _settings(env_file)
     if settings is None:
-        return 2
+        return EXIT_SETTINGS
     plugins = _plugins(settings)
     if plugins is None:
-        return 2
+        return EXIT_SETTINGS
     configure_logging(settings.log_level, settings.secrets())
     try:
         prompt = load_system_prompt(settings.system_prompt_file)
     except PromptError as exc:
         print(f"config: LLMBOT_SYSTEM_PROMPT_FILE: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     from .app import Bot  # imported late so `check` and config errors stay fast
 
     async def serve() -> None:
@@ -73,66 +129,70 @@ def cmd_run(env_file: str) -> int:
 
     try:
         asyncio.run(serve())
-    except ChatAuthError as exc:
-        log.error("%s: check MATTERMOST_TOKEN (is the bot account enabled and the token not revoked?)", exc)
-        return 1
-    except ChatError as exc:
-        log.error("cannot start: %s (MATTERMOST_URL=%s)", exc, settings.mattermost_url)
-        return 1
+    except ConfigError as exc:  # found when the clients are built (SSL_CERT_FILE, a proxy variable)
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return EXIT_SETTINGS
+    except (ChatAuthError, ChatForbidden) as exc:  # permanent: a restart would be refused the same way
+        log.error("%s: MATTERMOST_TOKEN is refused (a revoked token or a disabled bot account?): %s; "
+                  "exiting with %d, not to be restarted", exc, TOKEN_HINT, EX_CONFIG)
+        return EX_CONFIG
+    except ChatError as exc:  # only start-up lets these out (later, the bot reconnects): it may pass
+        log.error("cannot start: %s (MATTERMOST_URL=%s); exiting with %d, to be started again later",
+                  exc, settings.mattermost_url, EX_TEMPFAIL)
+        return EX_TEMPFAIL
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _check(settings: Settings) -> list[str]:
-    problems: list[str] = []
-    try:
-        load_system_prompt(settings.system_prompt_file)
-    except PromptError as exc:
-        problems.append(f"prompt: {exc}")
-    chat = MattermostChat(settings)
-    try:
-        me = await chat.login()
-        print(f"ok: Mattermost at {settings.mattermost_url} knows the bot as @{me.username}")
-    except ChatAuthError:
-        problems.append("Mattermost: the token was rejected (MATTERMOST_TOKEN): create a new one for the bot account")
-    except ChatError as exc:
-        problems.append(f"Mattermost: cannot reach {settings.mattermost_url} (MATTERMOST_URL): {exc}")
-    finally:
-        await chat.close()
-    llm = OpenAIChat(settings, retries=0)
-    try:
-        problem = await llm.check()
-        if problem:
-            problems.append(problem)
-        else:
-            print(f"ok: the LLM server answers for model {settings.model}")
-    finally:
-        await llm.close()
-    return problems
-
-
-def cmd_check(env_file: str) -> int:
+def cmd_check(env_file: str | None) -> int:
     settings = _settings(env_file)
     if settings is None or _plugins(settings) is None:
-        return 2
+        return EXIT_SETTINGS
     configure_logging("ERROR", settings.secrets())
-    problems = asyncio.run(_check(settings))
-    for problem in problems:
+    # Each problem is told once, in check's own line: not also as the driver's log line of the same 401.
+    for name in ("mattermostautodriver.websocket", "mattermostautodriver.api"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        report = asyncio.run(check(settings))
+    except ConfigError as exc:  # found when the clients are built (SSL_CERT_FILE, a proxy variable)
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return EXIT_SETTINGS
+    for line in report.ok:
+        print(f"ok: {line}")
+    for problem in report.problems:
         print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    return EXIT_PROBLEMS if report.problems else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The options go before or after the command (`llmbot --env-file x run`, `llmbot run --env-file x`):
+    # SUPPRESS keeps an absent one from overwriting one given on the other side.
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--env-file", default=argparse.SUPPRESS, metavar="PATH",
+        help=f"file of settings, which must exist (default: {DEFAULT_ENV_FILE} if present; the environment wins)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="llmbot", description="An LLM colleague in Mattermost threads.", parents=[options],
+        epilog="exit codes: 0 stopped cleanly / check passed, 1 check found problems, 2 invalid settings, "
+        "75 Mattermost unreachable at start (try again later), 78 the token is refused (do not restart)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check}")
+    sub.add_parser("run", parents=[options], help="serve: answer in threads until SIGTERM")
+    sub.add_parser("check", parents=[options], help="validate the settings and ask Mattermost and the LLM server")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmbot", description="An LLM colleague in Mattermost threads.")
-    parser.add_argument("--env-file", default=".env", help="optional file of settings (default: .env)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve: answer in threads until SIGTERM")
-    sub.add_parser("check", help="validate the settings and reach Mattermost and the LLM")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    env_file: str | None = getattr(args, "env_file", None)
     if args.command == "run":
-        return cmd_run(args.env_file)
-    return cmd_check(args.env_file)
+        return cmd_run(env_file)
+    return cmd_check(env_file)
 
 
 if __name__ == "__main__":

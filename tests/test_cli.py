@@ -28,7 +28,9 @@ def restore_logging():
 
 
 def write_env(path: Path, **values: str) -> str:
+    """An env file as `make run` creates it: readable by its owner only."""
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)
     return str(path)
 
 
@@ -50,12 +52,17 @@ async def run_cli(*argv: str) -> int:
 
 
 class TestCheck:
-    async def test_a_good_setup_passes_with_one_ok_line_per_server(self, mm, llm_server, tmp_path, capsys):
+    async def test_a_good_setup_passes_with_ok_lines_only(self, mm, llm_server, tmp_path, capsys):
+        mm.add_channel("town", members=(mm.bot,))
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
         assert await run_cli("--env-file", env, "check") == 0
-        out = capsys.readouterr().out
-        assert "ok: Mattermost" in out and "@llmbot" in out
-        assert "ok: the LLM server answers" in out
+        out, err = capsys.readouterr()
+        assert out.splitlines() == [
+            f"ok: Mattermost at {mm.url} knows the bot as @llmbot",
+            "ok: @llmbot is in 1 team and 1 channel",
+            f"ok: the LLM server at {llm_server.base_url} lists the model gpt-4o-mini",
+        ]
+        assert err == ""
 
     async def test_a_rejected_token_and_an_unknown_model_are_both_reported(self, mm, llm_server, tmp_path, capsys):
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="nope-nope", LLMBOT_MODEL="gpt-9"))
@@ -98,10 +105,10 @@ class TestRun:
     async def test_a_revoked_token_stops_run_with_a_clear_error_and_no_secret(self, mm, llm_server, tmp_path, capsys):
         overrides = {"MATTERMOST_TOKEN": "revoked-token-xyz", "LLMBOT_LOG_LEVEL": "DEBUG"}
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server, **overrides))
-        assert await run_cli("--env-file", env, "run") == 1
+        assert await run_cli("--env-file", env, "run") == 78  # EX_CONFIG: permanent, not to be restarted
         gc.collect()  # an HTTP session left open reports itself when collected
         err = capsys.readouterr().err
-        assert "check MATTERMOST_TOKEN" in err
+        assert "MATTERMOST_TOKEN is refused" in err and "Integrations → Bot Accounts" in err
         assert "revoked-token-xyz" not in err
         assert "Unclosed" not in err  # the HTTP sessions are closed on the way out
 
@@ -175,13 +182,13 @@ class TestStopping:
         answer = mm.thread(post["id"])[-1]["message"]
         assert answer.startswith("Once upon a time.") and "Interrupted" in answer
 
-    async def test_a_token_revoked_while_running_exits_1_with_a_clear_error(self, mm, llm_server, tmp_path):
+    async def test_a_token_revoked_while_running_exits_78_with_a_clear_error(self, mm, llm_server, tmp_path):
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server))
         async with bot_process(mm, env) as proc:
             await mm.revoke(mm.bot)
             code = await asyncio.wait_for(proc.wait(), 15)
         err = await stderr_of(proc)
-        assert code == 1, err
+        assert code == 78, err  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops restarting it
         assert "MATTERMOST_TOKEN" in err and "revoked" in err
         assert mm.bot_token not in err and "Traceback" not in err
 
@@ -195,5 +202,6 @@ class TestPlugins:
         assert err.count("config: LLMBOT_PLUGINS: cannot load 'no.such.module:Thing'") == 2
 
     async def test_the_food_example_loads_for_check(self, mm, llm_server, tmp_path, capsys):
+        mm.add_channel("town", members=(mm.bot,))
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server, LLMBOT_PLUGINS="gpt,examples.food_selection:FoodSelection"))
         assert await run_cli("--env-file", env, "check") == 0
