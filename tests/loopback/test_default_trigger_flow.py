@@ -31,3 +31,11 @@ async def test_gpt_colon_opens_a_conversation_like_gpt_space(start_bot, world, m
     (answer,) = await run.wait_replies(post["id"], 1)
     assert answer["message"] == "Use git revert."
     assert user_turns(llm_server.requests[-1])[-1]["content"] == "@alice: how do I undo a pushed commit?"
+
+
+async def test_gpt_alone_gets_the_hint_naming_gpt(start_bot, world, mm, llm_server):
+    run = await start_bot()
+    post = await mm.post_as(world.alice, world.town, "gpt")
+    (hint,) = await run.wait_replies(post["id"], 1)
+    assert "`gpt how do I undo my last git commit?`" in hint["message"]
+    assert llm_server.requests == []

@@ -13,7 +13,7 @@ import pytest
 from llmbot.events import Posted, parse_frame
 from llmbot.router import Continue, HandlerSpec, Identity, Ignore, Start, Usage, plan, route
 from llmbot.settings import load_settings
-from llmbot.triggers import mention_pattern, strip_call
+from llmbot.triggers import mention_pattern, strip_call, trigger_word
 
 from . import payloads as p
 
@@ -86,3 +86,7 @@ def test_the_model_gets_the_question_without_the_word_or_its_punctuation(text: s
 def test_the_default_is_case_insensitive_and_anchored_at_the_start() -> None:
     assert DEFAULT.flags & re.IGNORECASE
     assert not DEFAULT.search("hey gpt how are you")
+
+
+def test_the_usage_hint_and_the_goodbye_can_name_the_word() -> None:
+    assert trigger_word(DEFAULT) == "gpt"
