@@ -111,8 +111,8 @@ class Bot:
                 handler.spec = replace(handler.spec, conversational=False)
         self.runner = TurnRunner(
             self.chat, self.handlers, self.store, me_id=me.user_id, answerable=self._answerable,
-            deadline=s.turn_deadline, bot_name=me.username, clock=self.clock, edit_interval=self.edit_interval,
-            retry_base=self.retry_base, admit=self._admit, notify=self.deactivations.notify,
+            deadline=s.turn_deadline, ttl=s.conversation_ttl, bot_name=me.username, clock=self.clock,
+            edit_interval=self.edit_interval, retry_base=self.retry_base, admit=self._admit, notify=self.deactivations.notify,
         )
         self.dispatcher = Dispatcher(
             me=me, store=self.store, scheduler=self.scheduler, handlers=self.handlers, policy=self.policy,

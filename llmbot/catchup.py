@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from .dispatcher import Dispatcher
+from .dm_flow import dm_threads
 from .errors import ChatError
 from .events import Posted
 from .handlers.base import Handler
@@ -176,25 +177,28 @@ class CatchUp:
             return 0
         names = await self.chat.usernames({p.user_id for p in posts if p.user_id})
         taken = 0
-        for thread in threads_of(posts).values():
-            if await self.store.get(thread.root_id) is None:  # (else the store knows the thread: a reconnect)
-                await self._recover(thread, now_ms)
+        threads = threads_of(posts)
+        if channel.type == "D":  # its root posts are one running conversation (dm_flow.py)
+            threads = dm_threads(threads, channel.id)
+        for key, thread in threads.items():
+            if await self.store.get(key) is None:  # (else the store knows the thread: a reconnect)
+                await self._recover(key, thread, now_ms)
             for post in waiting_posts(thread, self.me_id, since_ms):
                 sender = names.get(post.user_id, "")
                 event = Posted(post, channel.type, channel.name, channel.display_name, sender, channel.team_id)
                 taken += await self.dispatcher.dispatch(event, replayed=True)
         return taken
 
-    async def _recover(self, thread: Thread, now_ms: int) -> None:
-        """Bind every conversation live in the thread, the least recently active first, so that
-        the most recently active ends up on top (the store puts the newest binding first)."""
-        found = active_conversations(thread, self.me_id, self._timeout_in(thread.root_id), now_ms)
+    async def _recover(self, key: str, thread: Thread, now_ms: int) -> None:
+        """Bind every conversation live in the thread (`key`: its root, or a DM), the least recently
+        active first, so that the most recently active ends up on top (the store puts the newest first)."""
+        found = active_conversations(thread, self.me_id, self._timeout_in(key), now_ms)
         for conversation in reversed(found):
             await self.store.bind(
-                thread.root_id, conversation.handler, conversation.started_by, conversation.conversation,
+                key, conversation.handler, conversation.started_by, conversation.conversation,
                 idle=conversation.idle_seconds, ttl=self.handlers[conversation.handler].spec.conversation_timeout,
             )
             log.info(
                 "thread %s: conversation %s of %s recovered from the thread (idle %.0fs)",
-                thread.root_id, conversation.conversation, conversation.handler, conversation.idle_seconds,
+                key, conversation.conversation, conversation.handler, conversation.idle_seconds,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,14 @@ _pending_ids = itertools.count()
 def new_pending_id(me_id: str) -> str:
     """A pending_post_id as Mattermost's own clients make them ("<user id>:<time>"), unique here."""
     return f"{me_id}:{time.time_ns() // 1000}{next(_pending_ids)}"
+
+
+def _a_page(posts: Sequence[Post]) -> bool:
+    return len(posts) >= 60  # the bot's lost post is among the newest
+
+
+def _no_beginning(_older: Post, _newer: Post) -> bool:
+    return False
 
 
 @dataclass
@@ -71,7 +79,11 @@ class IdempotentCreator:
 
     async def find(self, wanted: list[dict[str, Any]]) -> list[Post]:
         """The posts of the bot's that creates with these props made, in order, up to the first missing."""
-        mine = [p for p in (await self.chat.get_thread(self.thread_id)).posts if p.user_id == self.me_id]
+        if self.thread_id:
+            posts = (await self.chat.get_thread(self.thread_id)).posts
+        else:  # root posts of a DM's running conversation: the newest of the channel
+            posts = (await self.chat.recent_roots(self.channel_id, _a_page, _no_beginning)).posts
+        mine = [p for p in posts if p.user_id == self.me_id]
         found: list[Post] = []
         for props in wanted:
             post = next((p for p in mine if same_post(props, p)), None)

@@ -203,7 +203,8 @@ class Dispatcher:
         if not self.accepting:
             return False
         post = event.post
-        active, quiet = await self.store.look(post.root_id) if post.root_id else ([], None)
+        # replies look up their thread, DM root posts the DM's running conversation (dm_flow.py)
+        active, quiet = await self.store.look(event.place) if post.root_id or event.is_direct else ([], None)
         if active and any(b.awaiting for b in active):  # after a usage hint, only the caller's question continues
             active = [b for b in active if not b.awaiting or b.awaiting == post.user_id]
         table = self._table if self.plugin_access.is_open else self._table_for(event)
@@ -224,7 +225,7 @@ class Dispatcher:
         if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
             await self.learn_team_names(event.team_id)
         refusal = None if self.policy.is_open else self.policy.refuses(event)
-        thread_id = post.thread_id
+        thread_id = event.place  # the thread, or the DM of a DM root post: its bindings and queue
         cue: Cue | None = None  # left unanswered on purpose: the reaction that says so
         if refusal is not None:
             log.info("%s: not answered: %s", event, refusal)
@@ -287,11 +288,11 @@ class Dispatcher:
         """A reply no conversation takes. If the thread's conversation with the bot ended or expired,
         its first such post gets a cue (:zzz:), so nobody waits for an answer that won't come."""
         post = event.post
-        why = await self.store.take_quiet(post.root_id)
+        why = await self.store.take_quiet(event.place)
         if why is None or not await self.store.claim(post.id):
             return False
         log.debug("%s: not answered: the conversation here has %s; cue :%s:", event, why, Cue.QUIET)
-        self.scheduler.submit(post.thread_id, Job(Cue(Cue.QUIET, f"conversation {why}"), event))
+        self.scheduler.submit(event.place, Job(Cue(Cue.QUIET, f"conversation {why}"), event))
         return True
 
     async def admit(self, event: Posted, decision: Decision) -> Decision | None:

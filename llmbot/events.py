@@ -24,6 +24,19 @@ class Posted(NamedTuple):
     def is_direct(self) -> bool:
         return self.channel_type == "D"
 
+    @property
+    def in_dm_flow(self) -> bool:
+        """A root post in a direct message: it continues the DM's one running conversation, which
+        lives in the channel's root posts, not in a thread."""
+        return self.channel_type == "D" and not self.post.root_id
+
+    @property
+    def place(self) -> str:
+        """Where this post's conversation lives: its thread, or for a DM root post the DM itself
+        (the key of its bindings and of its queue of turns)."""
+        post = self.post
+        return post.root_id or (post.channel_id if self.channel_type == "D" else post.id)
+
     def __str__(self) -> str:
         """The post as an admin reads it in a log line: ids, and the names beside them."""
         post = self.post

@@ -19,6 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver
 from mattermostautodriver import exceptions as mm
 
+from . import dm_flow
 from .errors import (
     ChatAuthError,
     ChatBadRequest,
@@ -151,6 +152,19 @@ class MattermostChat:
     async def get_thread(self, root_id: str) -> Thread:
         """The whole thread, paged explicitly (oldest first) and sorted by create_at."""
         return await self._read_thread(root_id, "down", lambda _replies: False)
+
+    async def recent_roots(
+        self, channel_id: str, enough: Callable[[Sequence[Post]], bool], began_after: Callable[[Post, Post], bool]
+    ) -> Thread:
+        """A DM's running conversation (dm_flow.py): the channel's root posts, newest first."""
+
+        async def page_of(number: int) -> list[Post]:
+            data = await self._call("channel posts", self._driver.posts.get_posts_for_channel(
+                channel_id, page=number, per_page=dm_flow.PAGE,
+            ))
+            return posts_from_post_list(data)
+
+        return await dm_flow.read_running(page_of, enough, began_after)
 
     async def recent_thread(self, root_id: str, enough: Callable[[Sequence[Post]], bool]) -> Thread:
         """The root and the newest posts of a thread, read newest first until `enough(replies)`

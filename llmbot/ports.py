@@ -36,6 +36,13 @@ class ChatAPI(Protocol):
 
     async def recent_thread(self, root_id: str, enough: Callable[[Sequence[Post]], bool]) -> Thread: ...
 
+    async def recent_roots(
+        self, channel_id: str, enough: Callable[[Sequence[Post]], bool], began_after: Callable[[Post, Post], bool]
+    ) -> Thread:
+        """A DM's running conversation: its root posts, newest first until `enough`, or until
+        `began_after(older, newer)` says the conversation began after `older` (dm_flow.py)."""
+        ...
+
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]: ...
 
     def remember_name(self, user_id: str, username: str) -> None: ...

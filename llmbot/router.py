@@ -203,7 +203,8 @@ def plan(
     root = not post.root_id
     if not root and "@" in text and addressed_to_others(text, me.mention):  # "@marc what do you think?"
         return _ignore(4, "addressed to someone else", passive)
-    live = tuple(name for name in active if name in table.names) if active and not root else ()
+    # a DM root post continues the DM's running conversation (dm_flow.py); elsewhere a root post opens
+    live = tuple(name for name in active if name in table.names) if active and (not root or event.is_direct) else ()
     if live:
         if is_end_word(text, end_words, me.mention):
             return Route(((3, End(live[0])),), passive)

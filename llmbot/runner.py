@@ -56,6 +56,7 @@ class TurnRunner:
         me_id: str,
         answerable: Callable[[Post, Mapping[str, str]], bool],
         deadline: float,
+        ttl: float = 3600.0,
         bot_name: str = "",
         admit: Callable[[Posted, Decision], Awaitable[Decision | None]] | None = None,
         notify: Notify = quiet,
@@ -74,6 +75,7 @@ class TurnRunner:
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
         self.answerable = answerable
         self.deadline = deadline
+        self.ttl = ttl  # LLMBOT_CONVERSATION_TTL: where a DM's running conversation began
         self.clock = clock
         self.edit_interval = edit_interval
         self.retry_base = retry_base
@@ -81,7 +83,8 @@ class TurnRunner:
 
     def _writer(self, job: Job) -> ReplyWriter:
         post = job.event.post
-        where = Where(post.channel_id, post.thread_id, self.me_id, job.handler, job.conversation)
+        thread = "" if job.event.in_dm_flow else post.thread_id  # in a DM's running conversation: root posts
+        where = Where(post.channel_id, thread, self.me_id, job.handler, job.conversation)
         return ReplyWriter(
             self.chat, where, post.id, clock=self.clock, edit_interval=self.edit_interval,
             deadline=self.clock() + self.deadline, retry_base=self.retry_base, sleep=self.sleep,
@@ -102,7 +105,7 @@ class TurnRunner:
         post = job.event.post
         for step, decision in job.fallbacks:
             if isinstance(decision, Continue):
-                binding = next((b for b in await self.store.active(post.thread_id) if b.handler == decision.handler), None)
+                binding = next((b for b in await self.store.active(job.event.place) if b.handler == decision.handler), None)
                 if binding is None:  # ended while this post waited
                     continue
                 offer = Job(decision, job.event, binding.conversation, job.replayed, step)
@@ -116,7 +119,7 @@ class TurnRunner:
                 break
             if isinstance(admitted, Start) and self.handlers[admitted.handler].spec.conversational:
                 spec = self.handlers[admitted.handler].spec
-                await open_conversation(self.store, post.thread_id, spec, post.user_id, post.id, self.notify)
+                await open_conversation(self.store, job.event.place, spec, post.user_id, post.id, self.notify)
             log.info("post %s in thread %s: declined before; step %d -> %s, %s", post.id, post.thread_id, step,
                      admitted.handler, type(admitted).__name__.lower())  # type: ignore[union-attr]
             conversation = post.id if isinstance(admitted, Start) else ""
@@ -135,14 +138,15 @@ class TurnRunner:
     async def _run_one(self, job: Job, shared: dict[str, Thread] | None = None) -> bool | None:
         """Run one handler on the job; False if it declined a follow-up."""
         handler = self.handlers.get(job.handler)
-        thread_id = job.event.post.thread_id
+        thread_id = job.event.place  # the key of its bindings: the thread, or a DM's running conversation
         if handler is None:
             log.warning("thread %s: no handler %r any more; post %s not answered", thread_id, job.handler, job.event.post.id)
             return None
         writer = self._writer(job)
+        timeout = handler.spec.conversation_timeout
         turn = Turn(
             job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name,
-            {} if shared is None else shared,
+            {} if shared is None else shared, self.ttl if timeout is None else timeout,
         )
         taken: bool | None = None
         try:

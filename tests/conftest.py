@@ -98,6 +98,19 @@ class Running:
         await self.bot.idle()
         return self.replies(root_id)
 
+    def dm_answers(self, after: dict) -> list[dict]:
+        """The bot's root posts in a DM after `after` (a DM is one running conversation: the bot
+        answers its root posts with root posts), oldest first."""
+        posts = [p for p in self.mm.posts.values()
+                 if p["channel_id"] == after["channel_id"] and p["user_id"] == self.mm.bot["id"] and not p["root_id"]
+                 and not p["delete_at"] and p["create_at"] >= after["create_at"] and p["id"] != after["id"]]
+        return sorted(posts, key=lambda p: (p["create_at"], p["id"]))
+
+    async def wait_dm_answers(self, after: dict, count: int, timeout: float = 5.0) -> list[dict]:
+        await self.mm.wait_for(lambda: len(self.dm_answers(after)) >= count, timeout=timeout)
+        await self.bot.idle()
+        return self.dm_answers(after)
+
     async def settle(self, channel: dict, user: dict) -> None:
         """Wait until every event sent so far was processed: a marker call in its own thread
         is answered only after the events before it went through the (ordered) socket."""

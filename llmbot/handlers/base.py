@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..dm_flow import began_after
 from ..errors import ChatError, TurnAborted
 from ..events import Posted
 from ..ports import ChatAPI
@@ -34,6 +35,7 @@ class Turn:
     # The thread as read at the start of the turn, shared by every handler the post is offered to
     # (a declined follow-up goes to the next candidate without a second read).
     shared: dict[str, Thread] = field(default_factory=dict)
+    gap: float = 3600.0  # seconds of silence that began a DM's running conversation (its timeout)
 
     @property
     def post(self) -> Post:
@@ -41,7 +43,8 @@ class Turn:
 
     @property
     def thread_id(self) -> str:
-        return self.event.post.thread_id
+        """The thread, or for a DM root post the DM itself (its running conversation: dm_flow.py)."""
+        return self.event.place
 
     @property
     def channel_id(self) -> str:
@@ -52,6 +55,11 @@ class Turn:
         With `enough`, only its root and newest posts: read newest first until enough(replies)."""
 
         def read() -> Awaitable[Thread]:
+            if self.event.in_dm_flow:  # the DM's running conversation: its root posts (dm_flow.py)
+                me, gap_ms = self.reply.where.me_id, int(self.gap * 1000)
+                return self.chat.recent_roots(
+                    self.channel_id, enough or _never, lambda older, newer: began_after(older, newer, me, gap_ms)
+                )
             if enough is None:
                 return self.chat.get_thread(self.thread_id)
             return self.chat.recent_thread(self.thread_id, enough)
@@ -73,6 +81,10 @@ class Turn:
 
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
         return await self.chat.usernames(user_ids)
+
+
+def _never(_posts: Sequence[Post]) -> bool:
+    return False
 
 
 class Handler(Protocol):

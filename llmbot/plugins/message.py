@@ -60,7 +60,7 @@ class Message:
         self.user_id = post.user_id
         self.username = names.get(post.user_id, "")
         self.channel_id = post.channel_id
-        self.thread_id = post.thread_id
+        self.thread_id = turn.thread_id  # (a DM root post: the DM, whose root posts are its conversation)
         self.is_direct = turn.event.is_direct
         event = turn.event
         self.channel_name = event.channel_display_name or event.channel_name  # "" when Mattermost did not say
@@ -85,7 +85,8 @@ class Message:
 
     async def whole_thread(self) -> Thread:
         """Every post of the thread (read over REST now: for plugins that need all of it)."""
-        return await self._turn.reply.retrying(lambda: self._turn.chat.get_thread(self.thread_id), "reading the thread")
+        whole = await self._turn.read_thread()
+        return whole if whole is not None else self.thread
 
     async def reply(self, text: str, *, state: Mapping[str, Any] | None = None) -> None:
         """A post in the thread, never doubled by retries; long text is split like answers.

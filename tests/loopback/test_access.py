@@ -46,11 +46,11 @@ class TestDirectMessagePolicy:
     async def test_with_dms_off_the_user_is_told_once(self, start_bot, world, mm, llm_server):
         run = await start_bot(LLMBOT_DIRECT_MESSAGES="off")
         first = await mm.post_as(world.alice, world.dm, "hi")
-        (refusal,) = await run.wait_replies(first["id"], 1)
+        (refusal,) = await run.wait_dm_answers(first, 1)  # (a DM's answers are root posts)
         assert refusal["props"][PROP_KIND] == KIND_REFUSAL and "direct messages" in refusal["message"]
         second = await mm.post_as(world.alice, world.dm, "hello?")
         await run.settle(world.town, world.bob)
-        assert run.replies(second["id"]) == []
+        assert run.dm_answers(second) == []
         assert len(llm_server.requests) == 1  # the settle marker only
 
 
@@ -93,7 +93,7 @@ class TestPerUserLimits:
         mm.clock = lambda: time.time() + offset[0]
         for i in range(15):
             post = await mm.post_as(world.alice, world.dm, f"question {i}")
-            answered += len(await run.wait_replies(post["id"], 1))
+            answered += len(await run.wait_dm_answers(post, 1))
             offset[0] += 12  # a question every 12 s: 15 in 3 minutes
         assert answered == 15
         assert all(p["props"][PROP_KIND] == "answer" for p in mm.posts_by(run.me))

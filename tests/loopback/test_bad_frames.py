@@ -221,7 +221,7 @@ class TestHugeMessages:
                 "nonchars\ufffe\uffff\U0010ffff family 👩\u200d👩\u200d👧\u200d👦 flag 🏳️\u200d🌈 "
                 "combining e\u0301\u0336 zalgo Z\u0336\u0335\u0334 seps\u2028\u2029 end")
         post = await mm.post_as(world.alice, world.dm, text)
-        await run.wait_replies(post["id"], 1)
+        await run.wait_dm_answers(post, 1)
         assert llm_server.requests[-1]["messages"][-1] == {"role": "user", "content": "@alice: " + text, "name": "alice"}
 
 

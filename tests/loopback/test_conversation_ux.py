@@ -130,10 +130,10 @@ class TestRestartsChangeNothingAUserSaw:
     async def test_dms_off_a_refusal_is_not_posted_again_after_a_restart(self, start_bot, world, mm, llm_server):
         first = await start_bot(LLMBOT_DIRECT_MESSAGES="off")
         dm1 = await mm.post_as(world.alice, world.dm, "hello?")
-        (told,) = await first.wait_replies(dm1["id"], 1)
+        (told,) = await first.wait_dm_answers(dm1, 1)
         dm2 = await mm.post_as(world.alice, world.dm, "hello??")
         await mm.wait_for(lambda: reactions(mm, dm2) == ["no_entry_sign"])
         await first.stop()
         second = await start_bot(LLMBOT_DIRECT_MESSAGES="off")
         await second.settle(world.town, world.bob)
-        assert second.replies(dm2["id"]) == [] and len(second.replies(dm1["id"])) == 1
+        assert [p["id"] for p in second.dm_answers(dm1)] == [told["id"]]  # nothing posted again

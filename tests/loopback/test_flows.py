@@ -57,7 +57,7 @@ class TestOpeningAConversation:
         run = await start_bot()
         llm_server.enqueue(["Hello Alice!"])
         post = await mm.post_as(world.alice, world.dm, "hello there")
-        (reply,) = await run.wait_replies(post["id"], 1)
+        (reply,) = await run.wait_dm_answers(post, 1)
         assert reply["message"] == "Hello Alice!"
         assert "a direct message with @alice" in llm_server.requests[-1]["messages"][0]["content"]
 
@@ -172,7 +172,7 @@ class TestBadInput:
         run = await start_bot()
         text = "مرحبا بالعالم 👋🏽 ☃ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \u202eRTL\u202c\n```python\nprint('hi')\n```"
         post = await mm.post_as(world.alice, world.dm, text)
-        await run.wait_replies(post["id"], 1)
+        await run.wait_dm_answers(post, 1)
         assert user_turns(llm_server.requests[-1])[-1]["content"] == "@alice: " + text
 
     async def test_a_post_with_only_files_is_described_to_the_model(self, start_bot, world, mm, llm_server):

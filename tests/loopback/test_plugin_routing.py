@@ -215,7 +215,7 @@ class TestPerPluginSettings:
         (answer,) = await run.wait_replies(root["id"], 1)  # the food plugin never answered
         assert answer["props"][PROP_HANDLER] == "gpt"
         dm = await mm.post_as(world.alice, world.dm, "food monday")  # DMs obey only the user lists
-        assert (await run.wait_replies(dm["id"], 1))[0]["props"][PROP_HANDLER] == "food"
+        assert (await run.wait_dm_answers(dm, 1))[0]["props"][PROP_HANDLER] == "food"
 
     async def test_a_plugin_denied_conversations_answers_once(self, start_bot, world, mm, llm_server):
         run = await start_bot(plugins=(FoodSelection(),), LLMBOT_PLUGINS=FOOD, LLMBOT_CONVERSE_DENIED="food")
