@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from importlib import metadata
+from urllib.parse import urlsplit
 
 from . import lifecycle
 from .catchup import CatchUp
@@ -42,6 +44,13 @@ log = logging.getLogger(__name__)
 
 GPT_HANDLER = "gpt"
 SWEEP_EVERY = 30.0  # seconds between looks for expired conversations (their plugins' on_deactivate)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("llmbot")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
 
 
 class Bot:
@@ -129,7 +138,11 @@ class Bot:
             self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.policy.needs_team_names:
             await self.dispatcher.learn_team_names()
-        log.info("logged in as @%s (%s); tokens counted with %s", me.username, me.user_id, self.tokenizer.name)
+        log.info(
+            "llmbot %s started as @%s (%s): model %s at %s, trigger %s, TTL %gs, plugins %s; tokens counted with %s",
+            _version(), me.username, me.user_id, s.model, urlsplit(s.openai_base_url or "https://api.openai.com/v1").netloc,
+            s.trigger.pattern, s.conversation_ttl, ", ".join(self.handlers) or "none", self.tokenizer.name,
+        )
         return me
 
     def _chat(self) -> PluginHandler:

@@ -55,6 +55,7 @@ class CatchUp:
         self.retry_base = retry_base
         self._want_since: int | None = None  # a catch-up to run from this time
         self.task: asyncio.Task[None] | None = None
+        self.recovered = 0  # conversations rebuilt from the threads by the current pass
 
     def request(self, live_ms: int) -> None:
         """A (re)connect: read from the newest post the socket delivered before it went down
@@ -125,6 +126,7 @@ class CatchUp:
     async def _pass(self, since_ms: int) -> bool:
         """One pass over every channel with posts since `since_ms`. True if nothing failed."""
         started = time.monotonic()
+        self.recovered = 0
         now_ms = int(self.now().timestamp() * 1000)
         try:
             channels = await with_retries(
@@ -153,9 +155,9 @@ class CatchUp:
             # catch-up needn't look further back than that.
             self.dispatcher.live_ms = newest
         log.info(
-            "caught up: %d of %d channel(s) had posts since %s; %d post(s) taken up; %.2fs",
+            "caught up: %d of %d channel(s) had posts since %s; %d conversation(s) recovered, %d post(s) taken up; %.2fs",
             len(active), len(channels), datetime.fromtimestamp(since_ms / 1000, UTC).strftime("%H:%M:%S"),
-            sum(r for r in results if r), time.monotonic() - started,
+            self.recovered, sum(r for r in results if r), time.monotonic() - started,
         )
         return complete
 
@@ -198,7 +200,8 @@ class CatchUp:
                 key, conversation.handler, conversation.started_by, conversation.conversation,
                 idle=conversation.idle_seconds, ttl=self.handlers[conversation.handler].spec.conversation_timeout,
             )
-            log.info(
+            log.debug(
                 "thread %s: conversation %s of %s recovered from the thread (idle %.0fs)",
                 key, conversation.conversation, conversation.handler, conversation.idle_seconds,
             )
+        self.recovered += len(found)

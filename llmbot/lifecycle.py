@@ -25,6 +25,7 @@ async def run(bot: Bot) -> None:
         await _serve(bot)
     finally:
         await bot.close()
+        log.info("stopped")
 
 
 async def _serve(bot: Bot) -> None:
