@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from llmbot.context import ChatMessage
+from llmbot.dm_flow import read_running
 from llmbot.errors import ChatBadRequest, ChatNotFound, ChatUnavailable
 from llmbot.ports import Channel, ChatAPI, LLMClient
 from llmbot.record import PROP_KIND
@@ -183,6 +184,18 @@ class FakeChat:
         if root_id not in self.posts:
             raise ChatNotFound(f"post {root_id} not found")
         return thread_from_posts(root_id, self.thread_posts(root_id))
+
+    async def recent_roots(
+        self, channel_id: str, enough: Callable[[Sequence[Post]], bool], began_after: Callable[[Post, Post], bool]
+    ) -> Thread:
+        """A DM's running conversation, read as dm_flow reads it (one page holding everything)."""
+        await self._enter("recent_roots", channel_id)
+        posts = [p for p in self.posts.values() if p.channel_id == channel_id]
+
+        async def page_of(number: int) -> list[Post]:
+            return posts if number == 0 else []
+
+        return await read_running(page_of, enough, began_after, page_size=len(posts) + 1)
 
     async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
         ids = set(user_ids)
