@@ -134,11 +134,12 @@ def cmd_run(env_file: str | None) -> int:
             print(f"config: {problem}", file=sys.stderr)
         return EXIT_SETTINGS
     except (ChatAuthError, ChatForbidden) as exc:  # permanent: a restart would be refused the same way
-        log.error("%s: MATTERMOST_TOKEN is refused (a revoked token or a disabled bot account?): %s; "
-                  "exiting with %d, not to be restarted", exc, TOKEN_HINT, EX_CONFIG)
+        log.error("Mattermost refuses MATTERMOST_TOKEN (%s): a revoked token, a deactivated bot account or personal access "
+                  "tokens turned off; %s; exiting with %d (EX_CONFIG), not to be restarted",
+                  str(exc).rstrip("."), TOKEN_HINT, EX_CONFIG)
         return EX_CONFIG
     except ChatError as exc:  # only start-up lets these out (later, the bot reconnects): it may pass
-        log.error("cannot start: %s (MATTERMOST_URL=%s); exiting with %d, to be started again later",
+        log.error("cannot start: %s (MATTERMOST_URL=%s); exiting with %d (EX_TEMPFAIL), to be started again later",
                   exc, settings.mattermost_url, EX_TEMPFAIL)
         return EX_TEMPFAIL
     except KeyboardInterrupt:

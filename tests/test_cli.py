@@ -108,7 +108,7 @@ class TestRun:
         assert await run_cli("--env-file", env, "run") == 78  # EX_CONFIG: permanent, not to be restarted
         gc.collect()  # an HTTP session left open reports itself when collected
         err = capsys.readouterr().err
-        assert "MATTERMOST_TOKEN is refused" in err and "Integrations → Bot Accounts" in err
+        assert "Mattermost refuses MATTERMOST_TOKEN" in err and "Integrations → Bot Accounts" in err
         assert "revoked-token-xyz" not in err
         assert "Unclosed" not in err  # the HTTP sessions are closed on the way out
 

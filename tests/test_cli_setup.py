@@ -102,7 +102,7 @@ class TestExitCodes:
         env = write_env(tmp_path / ".env", **env_for(mm, llm_server, MATTERMOST_TOKEN="not-a-valid-token"))
         assert await run_cli("run", "--env-file", env) == 78
         err = capsys.readouterr().err
-        assert "MATTERMOST_TOKEN is refused" in err and "not to be restarted" in err
+        assert "Mattermost refuses MATTERMOST_TOKEN" in err and "exiting with 78 (EX_CONFIG), not to be restarted" in err
         assert "Enable Personal Access Tokens" in err and "not-a-valid-token" not in err
 
     async def test_mattermost_unreachable_at_start_exits_75(self, mm, llm_server, tmp_path, capsys):
@@ -111,7 +111,7 @@ class TestExitCodes:
         assert await run_cli("run", "--env-file", env) == 75
         err = capsys.readouterr().err
         assert "cannot start: Mattermost could not be reached" in err and f"MATTERMOST_URL=http://127.0.0.1:{port}" in err
-        assert "to be started again later" in err
+        assert "exiting with 75 (EX_TEMPFAIL), to be started again later" in err
 
     async def test_mattermost_failing_at_start_exits_75(self, mm, llm_server, tmp_path, capsys):
         mm.fail_next("GET", r"/api/v4/users/me$", 503)  # a server restarting behind its proxy
