@@ -17,6 +17,7 @@ import inspect
 import json
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,13 +144,17 @@ class FakeMattermost:
         self._last_ms = 0
         self._runner: web.AppRunner | None = None
         self._port = 0
+        self._scheme = "http"
         self.teams: dict[str, dict] = {}
         self.add_team("team1")
         self.bot_token = "bot-token-123"
         self.bot = self.add_user("llmbot", is_bot=True, token=self.bot_token)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def start(self, *, ssl_context: ssl.SSLContext | None = None, port: int = 0) -> None:
+        """Serve on 127.0.0.1: HTTPS (and wss) with `ssl_context`; on `port` (0: any free one), e.g.
+        the one it had before stop(), as a server restarting does."""
+        self._scheme = "https" if ssl_context is not None else "http"
         app = web.Application(middlewares=[self._middleware])
         app.on_response_prepare.append(self._add_standard_headers)
         r = app.router
@@ -170,7 +175,7 @@ class FakeMattermost:
         # Short shutdown timeout: a test's stop() must not wait on slow handlers.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, port, ssl_context=ssl_context)
         await site.start()
         self._port = self._runner.addresses[0][1]
 
@@ -186,7 +191,7 @@ class FakeMattermost:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        return f"{self._scheme}://{self.host}:{self._port}"
 
     # ------------------------------------------------------------- world building
     def _now_ms(self) -> int:

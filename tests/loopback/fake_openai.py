@@ -30,6 +30,13 @@ keep-alive: a client quick to reuse it has its next request reset. The fake make
 lose that race: the next request on that connection is reset, unanswered and not recorded.
 A reply with more chunks than max_tokens (a chunk being a token) is cut there, with finish_reason "length".
 
+Options of the server, off by default:
+    check_model        a request for a model not in ``models`` gets OpenAI's 404 model_not_found
+    reject_stream_options  a request with stream_options gets a 400 "Unrecognized request argument
+                       supplied: stream_options", as older Azure API versions answer
+    send_usage=False   stream_options.include_usage is ignored: no usage chunk, as some servers do
+``start(ssl_context=...)`` serves HTTPS (``base_url`` says https then).
+
 Random faults for soak tests: ``fail_rate(0.2, seed=1)`` makes about 20% of the
 requests fail, each either with one of the statuses (429 carries Retry-After: 0)
 or by dropping the stream after one chunk; the rest are served as usual.
@@ -42,6 +49,7 @@ import asyncio
 import inspect
 import json
 import random
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -97,6 +105,10 @@ class FakeOpenAI:
         self.context_window: int | None = None
         self.strict_alternation = False
         self.alternation_failure = "500"  # or "empty"
+        self.check_model = False
+        self.reject_stream_options = False
+        self.send_usage = True
+        self.scheme = "http"
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.faults_injected = 0
@@ -109,15 +121,16 @@ class FakeOpenAI:
         self._fault_rng = random.Random(0)
         self._fault_kinds: tuple[int | str, ...] = ()
 
-    async def start(self) -> None:
+    async def start(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._stopping = False
+        self.scheme = "https" if ssl_context is not None else "http"
         app = web.Application(middlewares=[self._auth_middleware])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._list_models)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         # A deep backlog: benchmarks open hundreds of connections at once.
-        site = web.TCPSite(self._runner, self.host, 0, backlog=1024)
+        site = web.TCPSite(self._runner, self.host, 0, backlog=1024, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -129,7 +142,7 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.scheme}://{self.host}:{self.port}/v1"
 
     def enqueue(self, chunks: list[str] | tuple[str, ...] = (), *, delay: float = 0.0, first_delay: float = 0.0,
                 status: int | None = None, error_body: Any = None, headers: dict | None = None,
@@ -261,7 +274,7 @@ class FakeOpenAI:
                                            **reply.headers})
         await resp.prepare(request)  # headers go out at once; tokens follow, like the real API
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = self.send_usage and bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta: dict, finish_reason: str | None = None, choices: bool = True) -> bytes:
             data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -301,7 +314,15 @@ class FakeOpenAI:
         return resp
 
     async def _refuse(self, request: web.Request, body: dict) -> web.StreamResponse | None:
-        """llama.cpp's answer to a request it cannot take (see the module docstring), if any."""
+        """The answer to a request this server cannot take (see the module docstring), if any."""
+        if self.check_model and body.get("model") not in self.models:
+            message = f"The model `{body.get('model')}` does not exist or you do not have access to it."
+            return _json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": "model_not_found"}}, 404)
+        if self.reject_stream_options and "stream_options" in body:
+            message = "Unrecognized request argument supplied: stream_options"
+            return _json_response({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": None}}, 400)
         # the fake's own check, not llmbot's: a test of llmbot's merge must not grade itself
         roles = [m.get("role") for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") != "system"]
         if self.strict_alternation and roles != ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2):
