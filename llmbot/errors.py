@@ -10,8 +10,10 @@
      │    ├── ChatRateLimited     429: wait what Retry-After says
      │    ├── ChatBadRequest      400: the server rejected what we sent
      │    └── ChatUnavailable     transport errors, timeouts, 5xx
+     │         └── ChatTLSError       the TLS handshake failed (an untrusted certificate): says so and how to fix it
      ├── LLMError             the LLM server failed; `reason` is safe to show users
      │    ├── ContextTooLong      the prompt did not fit the model's window
+     │    ├── LLMMisconfigured    a rejected key, unknown model or address, untrusted certificate: a setting to fix
      │    └── AnswerCut           raised after all the text: the server stopped the answer at its length limit
      ├── StateError           a handler's state is not a JSON object or is over 32 KB (a bug in the handler)
      └── TurnAborted          the thread can no longer be answered (its root was deleted): unbind it
@@ -76,6 +78,10 @@ class ChatUnavailable(ChatError):
     """No usable answer: connection refused, timeout, 5xx."""
 
 
+class ChatTLSError(ChatUnavailable):
+    """Mattermost's certificate was not accepted (or the handshake failed); the message names the fix."""
+
+
 class LLMError(LlmbotError):
     """The LLM call failed. `reason` is short and safe to post in a thread."""
 
@@ -84,9 +90,21 @@ class LLMError(LlmbotError):
         self.reason = reason
         self.retryable = retryable
 
+    logged = False  # the LLM adapter logged it with its cause (and the thread): callers need not repeat it
+
 
 class ContextTooLong(LLMError):
     """The server says the prompt exceeds the model's context window."""
+
+
+class LLMMisconfigured(LLMError):
+    """The LLM server refuses the bot's set-up: no retry helps until an admin fixes `setting`.
+    `reason` is safe to show users; `fix` tells the admin what to change."""
+
+    def __init__(self, reason: str, *, setting: str, fix: str) -> None:
+        super().__init__(reason)
+        self.setting = setting
+        self.fix = fix
 
 
 class AnswerCut(LLMError):

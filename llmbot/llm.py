@@ -15,61 +15,42 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
+import httpx2
 import openai
 
+from . import usage
 from .alternation import alternates, merge_user_turns
+from .chunks import chunk_finish, chunk_text, chunk_usage
 from .context import ChatMessage
-from .errors import AnswerCut, ContextTooLong, LLMError
+from .errors import AnswerCut, ContextTooLong, LLMError, LLMMisconfigured
 from .llm_failures import (
     CAUGHT,
     CUT,
     EMPTY,
-    FAILURES,
-    MIDWAY,
-    STALLED,
     TOO_LONG,
     TOO_SLOW,
-    UNMERGEABLE,
     EmptyStream,
+    attempt_error,
     backoff,
     describe,
     refuses_roles,
     retry_after,
-    translate,
 )
+from .network import proxy_for, ssl_context
 from .settings import Settings
+from .tokens import Tokenizer, load_tokenizer
+
+__all__ = ["OpenAIChat", "chunk_finish", "chunk_text"]  # the chunk readers: their old home
 
 log = logging.getLogger(__name__)
-
-def chunk_text(chunk: object) -> str:
-    """The text of one streamed chat.completion.chunk (JSON); "" for anything else."""
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if not isinstance(choices, list):
-        return ""
-    parts = []
-    for choice in choices:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-    return "".join(parts)
-
-
-def chunk_finish(chunk: object) -> str | None:
-    """The finish_reason of one streamed chunk, if it has one."""
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    for choice in choices if isinstance(choices, list) else ():
-        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-        if isinstance(reason, str) and reason:
-            return reason
-    return None
 
 
 class OpenAIChat:
     """Chat completions from any OpenAI-compatible server (OpenAI, Azure, vLLM, Ollama...).
 
     `retries` (None: settings.llm_retries) bounds the retries of one answer; `sleep`, `clock`
-    (monotonic seconds) and `rng` (uniform in [0, 1)) are seams for tests.
+    (monotonic seconds) and `rng` (uniform in [0, 1)) are seams for tests. `tokenizer` (None: the
+    model's, as the bot loads it) counts an answer's tokens when the server does not report them.
 
     Runs of user messages are merged (alternation.merge_user_turns) when settings.merge_user_turns
     says so, or from the moment the server shows it wants strictly alternating roles.
@@ -83,6 +64,7 @@ class OpenAIChat:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         if retries is None:
             retries = settings.llm_retries
@@ -95,16 +77,26 @@ class OpenAIChat:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
+        self._tokenizer = tokenizer
+        self.base_url = settings.openai_base_url or "https://api.openai.com/v1"  # the SDK's default
+        proxy = proxy_for(self.base_url)
+        if proxy is not None:
+            log.info("LLM: through the proxy %s", proxy)
         self._client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
-            # stream() bounds every wait itself; the SDK's limits are only a backstop (and bound check()).
+            # stream() bounds every wait itself; the SDK's limits are only a backstop (and bound llmbot check).
             timeout=openai.Timeout(settings.llm_timeout, connect=min(settings.llm_idle_timeout, settings.llm_timeout)),
             max_retries=0,  # stream() retries, knowing whether text went out already
-            http_client=openai.DefaultAioHttpClient(),  # aiohttp: far less CPU per request than httpcore
+            # aiohttp: far less CPU per request than httpcore. The CA certificates and the proxy are
+            # network.py's, as for Mattermost; trust_env=False: httpx2 reads no others of its own.
+            http_client=openai.DefaultAioHttpClient(
+                verify=ssl_context(), trust_env=False, proxy=httpx2.Proxy(proxy.url, headers=proxy.headers) if proxy else None
+            ),
         )
         # Newer OpenAI models want max_completion_tokens; most compatible servers know only max_tokens.
         self._limit_param = "max_tokens"
+        self._ask_usage = True  # stream_options.include_usage, until the server refuses it
         self.merge_user_turns = settings.merge_user_turns  # may turn True later: see stream()
         self._dead_connections = 0  # empty streams whose pooled connection no request has yet found reset
 
@@ -127,7 +119,11 @@ class OpenAIChat:
         bounds the whole answer, retries and waits included.
         """
         deadline = self._clock() + self._total_timeout
+        meter = usage.current()
+        where = meter.where if meter is not None else ""
         yielded = False
+        texts: list[str] = []
+        reported: tuple[int, int] | None = None
         merge = self.merge_user_turns
         guessed = False  # merging because an empty stream hinted at a strict template; not proven yet
         attempt = 0
@@ -150,9 +146,11 @@ class OpenAIChat:
                         except StopAsyncIteration:
                             break
                         finish = chunk_finish(chunk) or finish
+                        reported = chunk_usage(chunk) or reported
                         delta = chunk_text(chunk)
                         if delta:
                             yielded = True
+                            texts.append(delta)
                             yield delta
                 finally:
                     with contextlib.suppress(Exception):  # the answer is complete or already failed
@@ -168,8 +166,8 @@ class OpenAIChat:
                     # a request sent on it at once (this answer's retry, the caller's trimmed one, another
                     # turn's) is reset. Not the server failing: once more, on a new connection.
                     self._dead_connections -= 1
-                    log.info("LLM attempt %d: the connection of an empty stream was reset (%s); once more",
-                             attempt, describe(exc))
+                    log.info("%sLLM attempt %d: the connection of an empty stream was reset (%s); once more",
+                             where, attempt, describe(exc))
                     attempt -= 1
                     continue
                 if isinstance(exc, EmptyStream):
@@ -180,25 +178,52 @@ class OpenAIChat:
                     # the merged form tells the two apart, and is remembered only once it is answered.
                     merge, guessed = True, isinstance(exc, EmptyStream)
                     if guessed:
-                        log.warning("LLM attempt %d failed: %s (%s); trying again with consecutive user messages "
-                                    "merged, in case the chat template wants roles to alternate", attempt, EMPTY, exc)
+                        log.warning("%sLLM attempt %d failed: %s (%s); trying again with consecutive user messages "
+                                    "merged, in case the chat template wants roles to alternate", where, attempt, EMPTY, exc)
                     else:
                         self._merge_from_now_on("it answered that roles must alternate")
                     attempt -= 1
                     continue
                 guessed = guessed and not isinstance(exc, EmptyStream)  # empty merged too: not the template
-                error = self._error(exc, window, yielded, near_limit, merge)
+                error = attempt_error(
+                    exc, self.model, self.base_url, timed_out_early=window < self._idle_timeout, yielded=yielded,
+                    near_limit=near_limit, merged=merge,
+                )
                 wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
-                log.warning("LLM attempt %d/%d failed: %s (%s); %s",
-                            attempt, self.retries + 1, error.reason, describe(exc), outcome)
+                if isinstance(error, LLMMisconfigured):  # an admin's to fix: every answer fails until then
+                    log.error("%sthe LLM is not set up correctly: %s (%s): %s; %s",
+                              where, error.reason, describe(exc, error.reason), error.fix, outcome)
+                else:
+                    log.warning("%sLLM attempt %d/%d failed: %s (%s); %s",
+                                where, attempt, self.retries + 1, error.reason, describe(exc, error.reason), outcome)
                 if wait is None:
+                    error.logged = True
                     raise error from exc
                 await self._sleep(wait)
         if guessed:
             self._merge_from_now_on("it sent an empty stream for unmerged user messages, and answered merged ones")
+        self._measure(payload, "".join(texts), reported, meter)
         if finish == "length":
-            log.info("the server stopped the answer at its length limit (finish_reason length, max_tokens %d)", max_tokens)
-            raise ContextTooLong(TOO_LONG) if not yielded else AnswerCut(CUT)
+            log.info("%sthe server stopped the answer at its length limit (finish_reason length, max_tokens %d)",
+                     where, max_tokens)
+            cut = ContextTooLong(TOO_LONG) if not yielded else AnswerCut(CUT)
+            cut.logged = True
+            raise cut
+
+    def _measure(
+        self, payload: list[dict[str, str]], answer: str, reported: tuple[int, int] | None, meter: usage.Meter | None
+    ) -> None:
+        """The answer's tokens, as the server reported them or as counted, for the reply's log line
+        (or a line of their own when no reply writer asked)."""
+        if reported is not None:
+            used = usage.Usage(*reported, reported=True)
+        else:
+            tokenizer = self._tokenizer = self._tokenizer or load_tokenizer(self.model)
+            used = usage.counted([str(m.get("content", "")) for m in payload], answer, tokenizer)
+        if meter is not None:
+            meter.usage = used
+        else:
+            log.info("LLM answer of %d chars; %s", len(answer), used)
 
     def _merge_from_now_on(self, why: str) -> None:
         """Merge runs of user messages in every request to this model from now on; say so once."""
@@ -213,19 +238,6 @@ class OpenAIChat:
         if left <= 0:
             raise LLMError(TOO_SLOW, retryable=True)
         return min(self._idle_timeout, left)
-
-    def _error(self, exc: BaseException, window: float, yielded: bool, near_limit: bool, merged: bool) -> LLMError:
-        if isinstance(exc, EmptyStream):
-            return ContextTooLong(TOO_LONG) if near_limit else LLMError(EMPTY, retryable=True)
-        if merged and refuses_roles(exc):
-            return LLMError(UNMERGEABLE)
-        if isinstance(exc, asyncio.TimeoutError):  # one of our windows ran out
-            if window < self._idle_timeout:
-                return LLMError(TOO_SLOW, retryable=True)  # the whole budget, not the idle limit
-            return LLMError(STALLED if yielded else TOO_SLOW, retryable=True)
-        if yielded and isinstance(exc, openai.APIConnectionError):
-            return LLMError(MIDWAY, retryable=True)  # it was reached: it answered in part
-        return translate(exc, self.model)
 
     def _next_wait(
         self, error: LLMError, exc: BaseException, attempt: int, yielded: bool, deadline: float
@@ -246,33 +258,30 @@ class OpenAIChat:
         return wait, f"retrying in {wait:.1f}s"
 
     async def _open(self, payload: list[dict[str, str]], max_tokens: int) -> openai.AsyncStream[object]:
-        try:
-            return await self._create(payload, max_tokens)
-        except openai.BadRequestError as exc:
-            if self._limit_param == "max_tokens" and "max_completion_tokens" in str(exc):
-                self._limit_param = "max_completion_tokens"
-                log.info("model %s wants max_completion_tokens; using it from now on", self.model)
+        """The request, in the form this server takes: each refused parameter is given up once, for good."""
+        while True:
+            try:
                 return await self._create(payload, max_tokens)
-            raise
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                text = str(exc)  # matched, never logged
+                if self._limit_param == "max_tokens" and "max_completion_tokens" in text:
+                    self._limit_param = "max_completion_tokens"
+                    log.info("model %s wants max_completion_tokens; using it from now on", self.model)
+                elif self._ask_usage and "stream_options" in text:
+                    self._ask_usage = False
+                    log.info("the LLM server refuses stream_options (HTTP %d): the tokens of each answer are "
+                             "counted with the bot's tokenizer from now on", exc.status_code)
+                else:
+                    raise
 
     async def _create(self, payload: list[dict[str, str]], max_tokens: int) -> openai.AsyncStream[object]:
         # The request chat.completions.create(stream=True) sends, through the SDK's documented
         # client.post, with chunks left as plain JSON: our messages are plain JSON already, and
         # skipping the SDK's request transform and per-chunk model building saves milliseconds of
         # CPU per turn when hundreds of turns run at once (bench/bench_concurrency.py).
-        body = {"model": self.model, "messages": payload, "stream": True, self._limit_param: max_tokens}
+        body: dict[str, object] = {"model": self.model, "messages": payload, "stream": True, self._limit_param: max_tokens}
+        if self._ask_usage:  # the answer's tokens, in a last chunk (OpenAI, vLLM, llama.cpp, Ollama)
+            body["stream_options"] = {"include_usage": True}
         return await self._client.post(
             "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
         )
-
-    async def check(self) -> str | None:
-        """None if the server answers and knows the model, else a one-line problem."""
-        try:
-            models = [m.id async for m in self._client.models.list()]
-        except openai.NotFoundError:
-            return None  # some compatible servers have no /models; the first turn will tell
-        except FAILURES as exc:
-            return f"LLM: {translate(exc, self.model).reason} (OPENAI_BASE_URL={self._client.base_url})"
-        if models and self.model not in models:
-            return f"LLM: the server does not list the model {self.model!r} (LLMBOT_MODEL); it has: {', '.join(models[:10])}"
-        return None

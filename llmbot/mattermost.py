@@ -1,35 +1,28 @@
-"""Mattermost adapter over mattermostautodriver: the only module that imports the driver.
+"""Mattermost adapter over mattermostautodriver: with mattermost_errors.py, the only module that
+imports the driver.
 
-Every driver and transport exception is translated into errors.ChatError types here; any other
-exception is a bug and propagates unchanged. The driver never retries: llmbot/retry.py does.
+Every driver and transport exception is translated into errors.ChatError types
+(mattermost_errors.translate); any other exception is a bug and propagates unchanged. The driver
+never retries: llmbot/retry.py does.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import aiohttp
 import httpx
 from cachetools import LRUCache
 from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver
-from mattermostautodriver import exceptions as mm
 
 from . import dm_flow
-from .errors import (
-    ChatAuthError,
-    ChatBadRequest,
-    ChatError,
-    ChatForbidden,
-    ChatNotFound,
-    ChatRateLimited,
-    ChatUnavailable,
-)
+from .errors import ChatAuthError, ChatError, ChatUnavailable
+from .mattermost_errors import translate
 from .mattermost_socket import EventSocket, reconnect_delay
+from .network import proxy_for, ssl_context
 from .ports import Channel  # the core's type; re-exported for old imports
 from .router import Identity
 from .settings import Settings
@@ -43,40 +36,6 @@ log = logging.getLogger(__name__)
 THREAD_PAGE = 200  # the server's maximum perPage
 MAX_THREAD_PAGES = 100  # 20,000 posts: far past any context budget; stops a runaway loop
 SINCE_LIMIT = 1000  # the server returns at most this many posts for ?since=
-# Failures of the client stack that a translation covers; any other exception is a bug.
-# TimeoutError is an OSError; JSONDecodeError is an unreadable body, UnicodeDecodeError its bytes.
-_CLIENT_ERRORS = (
-    httpx.HTTPError, mm.InvalidMattermostError, aiohttp.ClientError, OSError, json.JSONDecodeError, UnicodeDecodeError,
-)
-
-
-def translate(exc: BaseException) -> ChatError | None:
-    """One place that maps driver, httpx and aiohttp failures to our error types; None for
-    anything else (a bug of ours or a library's), which the caller re-raises unchanged."""
-    if isinstance(exc, ChatError):
-        return exc
-    if not isinstance(exc, _CLIENT_ERRORS):
-        return None
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, mm.NoAccessTokenProvided):
-        return ChatAuthError(f"Mattermost rejected the token: {message}")
-    if isinstance(exc, mm.NotEnoughPermissions):
-        return ChatForbidden(message)
-    if isinstance(exc, mm.ResourceNotFound):
-        return ChatNotFound(message)
-    if isinstance(exc, mm.TooManyRequests):  # retry_after: the driver reads Retry-After / X-RateLimit-Reset
-        return ChatRateLimited(message, exc.retry_after)
-    if isinstance(exc, (mm.InvalidOrMissingParameters, mm.ContentTooLarge)):
-        return ChatBadRequest(message)
-    if isinstance(exc, mm.MattermostError):  # 5xx and the rarer 4xx (405, 501)
-        status = exc.status_code
-        error = ChatUnavailable if status >= 500 else ChatError
-        return error(f"Mattermost answered {status}: {message}", status)
-    if isinstance(exc, mm.InvalidMattermostError):  # an error without Mattermost's JSON body (proxy pages)
-        return ChatUnavailable(f"Mattermost answered {exc.status_code} with an unreadable body", exc.status_code)
-    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
-        return ChatUnavailable(f"Mattermost answered with an unreadable body: {message}")
-    return ChatUnavailable(f"Mattermost could not be reached: {type(exc).__name__}: {message}")
 
 
 class MattermostChat:
@@ -107,11 +66,21 @@ class MattermostChat:
         }
         # aiohttp under httpx: the driver's default httpcore pool costs several times more CPU
         # per request when hundreds of turns run at once (see bench/bench_concurrency.py).
-        options["transport"] = transport if transport is not None else AiohttpTransport()
+        # The CA certificates and the proxy are network.py's, as for the websocket and the LLM:
+        # httpx reads no proxy from the environment for a transport it is given.
+        proxy = proxy_for(f"{url.scheme}://{url.host}:{url.port}")
+        if transport is None:
+            transport = AiohttpTransport(
+                verify=ssl_context(), proxy=httpx.Proxy(proxy.url, headers=proxy.headers) if proxy else None
+            )
+        options["transport"] = transport
+        if proxy is not None:
+            log.info("Mattermost: through the proxy %s", proxy)
         self._driver = AsyncTypedDriver(options)
         ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.host}:{url.port}/api/v4/websocket"
         self._events = EventSocket(
-            ws_url, settings.mattermost_token, reconnect_base=reconnect_base, reconnect_cap=reconnect_cap, rng=rng
+            ws_url, settings.mattermost_token, reconnect_base=reconnect_base, reconnect_cap=reconnect_cap, rng=rng,
+            ssl_context=ssl_context() if url.scheme == "https" else None, proxy=proxy_for(ws_url),
         )
         self._secrets = settings.secrets()
         self._names: LRUCache[str, str] = LRUCache(maxsize=50_000)
@@ -291,12 +260,12 @@ class MattermostChat:
 
     async def _check_token(self) -> None:
         """The socket closed before it was accepted: a refused token ends listen() (fatal),
-        anything else (the server is down, a proxy) is retried."""
+        anything else (the server is down, a proxy) is retried; the socket's own line says why."""
         try:
             await self.check_account()
         except ChatAuthError:
             log.error("Mattermost refuses the bot's token (revoked, or the bot account was deactivated)")
             raise
         except ChatError as exc:
-            log.warning("Mattermost is not reachable: %s", exc)
+            log.debug("users/me after the websocket was refused: %s", exc)
 

@@ -11,16 +11,21 @@ import itertools
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
+from .network import Proxy, tls_problem
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 30.0  # seconds between websocket pings; a dead peer is noticed within 1.5x this
 STABLE_AFTER = 60.0  # a connection that lived this long resets the reconnect backoff
+# Close codes of a server that meant to close: normal closure, going away (a restart), service restart.
+NORMAL_CLOSE = {1000: "normal closure", 1001: "going away", 1012: "service restart"}
 
 FrameHandler = Callable[[str], Awaitable[None]]
 
@@ -54,8 +59,12 @@ class EventSocket:
         reconnect_cap: float = 60.0,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self._url, self._token = url, token
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._proxy = proxy
         self._backoff = (reconnect_base, reconnect_cap, rng)
         self._clock = clock
         self._live: aiohttp.ClientWebSocketResponse | None = None
@@ -67,36 +76,46 @@ class EventSocket:
     async def run(self, on_frame: FrameHandler, check_token: Callable[[], Awaitable[None]]) -> None:
         """Connect, hand every text frame to `on_frame`, reconnect with jittered backoff, until
         cancelled or closed. A connection that ends before it was accepted asks `check_token`,
-        which raises to end this loop (a refused token) or returns to go on."""
+        which raises to end this loop (a refused token) or returns to go on.
+
+        One line per reconnect, with its cause: INFO when the server closed the socket on purpose
+        (a restart), WARNING when it failed; never a traceback for the network's failures."""
         base, cap, rng = self._backoff
         attempt = 0
         while not self._stop.is_set():
             opened = self._clock()
+            reached = True  # a connection was made: the token may be what the server refused
             try:
-                why = await self._connect_once(on_frame)
+                why, level = await self._connect_once(on_frame)
+            except aiohttp.ClientConnectorError as exc:  # the server was not reached (refused, DNS, TLS)
+                reached = False
+                why, level = f"cannot connect to Mattermost ({_cause(exc)})", logging.WARNING
             except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-                why = f"lost ({type(exc).__name__}: {exc})" if str(exc) else f"lost ({type(exc).__name__})"
+                why, level = f"lost ({_cause(exc)})", logging.WARNING
             if self._stop.is_set():
                 return
-            if not self.authenticated:
+            if not self.authenticated and reached:
                 await check_token()
             elif self._clock() - opened >= STABLE_AFTER:
                 attempt = 0
             delay = reconnect_delay(attempt, base, cap, rng)
             attempt += 1
-            log.warning("websocket %s; reconnecting in %.1fs", why, delay)
+            log.log(level, "websocket %s; reconnecting in %.1fs", why, delay)
             await asyncio.sleep(delay)
 
-    async def _connect_once(self, on_frame: FrameHandler) -> str:
-        """One connection, from the challenge to its end; returns why it ended."""
+    async def _connect_once(self, on_frame: FrameHandler) -> tuple[str, int]:
+        """One connection, from the challenge to its end; returns why it ended, and the log level that deserves."""
         self.authenticated = False
+        proxy = self._proxy
         # heartbeat: aiohttp pings and closes a connection whose peer stopped answering,
         # so a half-open TCP connection cannot silence the bot.
-        async with aiohttp.ClientSession() as session, session.ws_connect(self._url, heartbeat=HEARTBEAT) as ws:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl)) as session, session.ws_connect(
+            self._url, heartbeat=HEARTBEAT, proxy=proxy.url if proxy else None, proxy_headers=proxy.headers if proxy else None
+        ) as ws:
             self._live = ws
             try:
                 if self._stop.is_set():  # close() came while we were connecting
-                    return "closed by us"
+                    return "closed by us", logging.INFO
                 challenge = {"seq": 1, "action": "authentication_challenge", "data": {"token": self._token}}
                 await ws.send_str(json.dumps(challenge))
                 async for msg in ws:  # ends on the server's close frame
@@ -106,10 +125,13 @@ class EventSocket:
                         await _deliver(on_frame, msg.data)
                     elif msg.type is aiohttp.WSMsgType.ERROR:  # e.g. no pong within the heartbeat
                         exc = ws.exception()
-                        return f"lost ({type(exc).__name__}: {exc})" if exc else "lost"
+                        return (f"lost ({_cause(exc)})" if exc else "lost"), logging.WARNING
             finally:
                 self._live = None
-            return f"closed (code {ws.close_code})"
+            code = ws.close_code
+            if code in NORMAL_CLOSE:
+                return f"closed by the server (code {code}, {NORMAL_CLOSE[code]})", logging.INFO
+            return f"closed (code {code})", logging.WARNING
 
     async def send(self, action: str, data: dict[str, Any]) -> None:
         """One client action on the open socket; dropped (debug log) when the socket is down."""
@@ -129,6 +151,14 @@ class EventSocket:
         ws = self._live
         if ws is not None and not ws.closed:
             await ws.close()
+
+
+def _cause(exc: BaseException) -> str:
+    """A connection failure in a few words: a TLS problem says so and how to fix it."""
+    problem = tls_problem(exc)
+    if problem is not None:
+        return problem
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _deliver(on_frame: FrameHandler, raw: str) -> None:

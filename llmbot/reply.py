@@ -15,8 +15,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import usage
 from .creates import Create, IdempotentCreator, new_pending_id
-from .errors import AnswerCut, ChatError, ContextTooLong, LLMError, TurnAborted
+from .errors import ChatError, ContextTooLong, LLMError, TurnAborted
+from .notices import llm_failed
 from .ports import ChatAPI
 from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, checked_state, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
@@ -77,6 +79,7 @@ class ReplyWriter:
         self.turn: int | None = None  # which turn of its conversation this is, once the handler knows
         self.state: dict[str, Any] | None = None
         self._creator = IdempotentCreator(chat, where.channel_id, where.thread_id, where.me_id, clock)
+        self._meter: usage.Meter | None = None  # of the answer stream() reads
 
     # ------------------------------------------------------------------ state
     @property
@@ -128,11 +131,12 @@ class ReplyWriter:
         self.closed = True
         log.info("thread %s: %s posted (answers post %s)", self.thread_id, kind, self.answers)
 
-    async def notice(self, message: str, cause: str) -> None:
-        """Best effort: a short notice in the thread, and always a log line with its cause. When a
-        page's create went out and its answer never came back, the page may exist: found, it is
-        brought up to date instead, and no notice stands beside it."""
-        log.warning("thread %s: notice (%s): %s", self.thread_id, cause, message)
+    async def notice(self, message: str, cause: str | None) -> None:
+        """Best effort: a short notice in the thread, and a log line with its cause (None: logged
+        already, where it happened). When a page's create went out and its answer never came back,
+        the page may exist: found, it is brought up to date instead, and no notice stands beside it."""
+        if cause is not None:
+            log.warning("thread %s: notice (%s): %s", self.thread_id, cause, message)
         if await self._adopt_lost_pages() and await self.deliver():
             log.info("thread %s: the answer's posts were found after all; no notice needed", self.thread_id)
             return
@@ -153,11 +157,12 @@ class ReplyWriter:
         self.posted.extend((post.id, post.message) for post in found)  # what they show; the next sync patches them
         return bool(found)
 
-    async def fail(self, message: str, cause: str) -> None:
+    async def fail(self, message: str, cause: str | None) -> None:
         """The answer can't be finished: say so under the partial text (one post, not two), or
-        in a notice of its own when there is no text or it can't be posted."""
+        in a notice of its own when there is no text or it can't be posted. `cause` None: logged already."""
         if self.has_text:
-            log.warning("thread %s: answer cut short (%s)", self.thread_id, cause)
+            log.warning("thread %s: answer cut short after %d chars%s%s", self.thread_id, len(self.pages.text),
+                        f" ({cause})" if cause is not None else "", usage.suffix(self._meter))
             self.pages.add(f"{STATUS_LINE}{message.removeprefix('⚠️ ')}_")
             if await self.deliver():
                 return
@@ -177,7 +182,8 @@ class ReplyWriter:
         # each post update then takes every delta that has arrived, which also spares a
         # quick answer its edits.
         deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        reader = asyncio.create_task(_read(source, deltas))
+        with usage.metering(self.thread_id) as self._meter:  # the reader's copy of the context holds it (usage.py)
+            reader = asyncio.create_task(_read(source, deltas))
         try:
             finished = False
             while not finished:
@@ -213,17 +219,15 @@ class ReplyWriter:
             )
             return
         log.info(
-            "thread %s: answered in %d post(s), %d chars, %.2fs",
-            self.thread_id, len(self.posted), len(self.pages.text), self.clock() - started,
+            "thread %s: answered in %d post(s), %d chars, %.2fs%s", self.thread_id, len(self.posted),
+            len(self.pages.text), self.clock() - started, usage.suffix(self._meter),
         )
 
     async def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, ContextTooLong) and not self.has_text:
             raise exc
-        if isinstance(exc, AnswerCut):
-            await self.fail(f"⚠️ Cut short: {exc.reason}.", exc.reason)
-        elif isinstance(exc, LLMError):
-            await self.fail(f"⚠️ I could not finish this answer: {exc.reason}. Please try again.", exc.reason)
+        if isinstance(exc, LLMError):  # its cause is logged once: by the LLM adapter (naming the thread), else here
+            await self.fail(llm_failed(exc), None if exc.logged else exc.reason)
         else:
             raise exc
 

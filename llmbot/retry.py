@@ -19,7 +19,7 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
-from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited, ChatUnavailable
+from .errors import ChatBadRequest, ChatError, ChatForbidden, ChatNotFound, ChatRateLimited, ChatTLSError, ChatUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def retry_wait(attempt: int, exc: BaseException, base: float, rng: Callable[[], 
 
 
 def _passing(exc: BaseException) -> bool:
-    """A failure another try may cure; anything not a ChatError is a bug and is raised at once."""
-    return isinstance(exc, ChatError) and not isinstance(exc, FINAL)
+    """A failure another try may cure; anything not a ChatError is a bug and is raised at once, and
+    an untrusted certificate stays untrusted: an admin must fix it, not the next try."""
+    return isinstance(exc, ChatError) and not isinstance(exc, (*FINAL, ChatTLSError))
 
 
 class _NoTimeLeft(stop_base):
@@ -73,7 +74,8 @@ async def with_retries(
     rng: Callable[[], float] = random.random,
 ) -> T:
     """call() until it succeeds. A FINAL failure or a non-ChatError is raised at once, any other
-    ChatError after `attempts` tries; each failed try is one warning naming `what`.
+    ChatError after `attempts` tries; each failed try is one warning naming `what`, with its cause
+    unless the try before failed the same way.
 
     `deadline` is an absolute clock() time: no wait ends past it, and each try gets only the time
     left (then ChatUnavailable says the deadline passed). `clock` must tick like the event loop's
@@ -89,6 +91,7 @@ async def with_retries(
             raise
         first = exc
     log.warning("%s failed (try 1 of %d): %s", what, attempts, first)
+    said = [str(first)]  # the cause last logged: a repeat says "again" instead
     pause = retry_wait(0, first, base, rng)
     if attempts == 1 or (deadline is not None and clock() + pause >= deadline):
         raise first
@@ -98,7 +101,10 @@ async def with_retries(
         return retry_wait(state.attempt_number, _failure(state), base, rng)
 
     def log_failure(state: RetryCallState) -> None:
-        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number + 1, attempts, _failure(state))
+        cause = str(_failure(state))
+        shown = "the same again" if cause == said[0] else cause
+        said[0] = cause
+        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number + 1, attempts, shown)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts - 1) | _NoTimeLeft(deadline, clock),

@@ -11,18 +11,14 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import pytest
 
 from llmbot.context import ChatMessage
-from llmbot.errors import AnswerCut, ContextTooLong, LLMError
+from llmbot.errors import AnswerCut, ContextTooLong, LLMError, LLMMisconfigured
 from llmbot.llm import OpenAIChat
 from llmbot.llm_failures import CUT, EMPTY, STALLED, TOO_LONG, TOO_SLOW, UNMERGEABLE, backoff, retry_after, translate
-from llmbot.settings import Settings, load_settings
-from tests.fakes import FakeClock
-from tests.loopback.fake_openai import FakeOpenAI
+from tests.adapters.conftest import HI, Answer, answer, settings_for_llm
 
 CONTEXT_TOO_LONG = {
     "error": {
@@ -32,72 +28,14 @@ CONTEXT_TOO_LONG = {
         "code": "context_length_exceeded",
     }
 }
-
-
-def settings_for_llm(server: FakeOpenAI, **env: str) -> Settings:
-    """Settings for the LLM side only; Mattermost gets dummy values the adapter never reads."""
-    values = {
-        "MATTERMOST_URL": "http://127.0.0.1:9",
-        "MATTERMOST_TOKEN": "mm-token",
-        "OPENAI_API_KEY": server.api_key,
-        "OPENAI_BASE_URL": server.base_url,
-        "LLMBOT_LLM_TIMEOUT": "30",
-        "LLMBOT_LLM_IDLE_TIMEOUT": "0.2",
+MODEL_NOT_FOUND = {
+    "error": {
+        "message": "The model `gpt-4o-mini` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
     }
-    values.update(env)
-    return load_settings(values)
-
-
-@dataclass
-class Waits:
-    """The sleep and clock handed to OpenAIChat: sleeping only moves the clock, and is recorded."""
-
-    clock: FakeClock = field(default_factory=FakeClock)
-    slept: list[float] = field(default_factory=list)
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.clock.advance(seconds)
-
-
-@dataclass
-class Answer:
-    deltas: list[str]
-    error: LLMError | None
-
-
-HI = [ChatMessage("user", "hi")]
-
-
-async def answer(llm: OpenAIChat, messages: list[ChatMessage] = HI, *, max_tokens: int = 10, near_limit: bool = False) -> Answer:
-    """Every delta stream() yielded, and the LLMError that ended it if any."""
-    deltas: list[str] = []
-    try:
-        async for delta in llm.stream(messages, max_tokens, near_limit=near_limit):
-            deltas.append(delta)
-    except LLMError as exc:
-        return Answer(deltas, exc)
-    return Answer(deltas, None)
-
-
-@pytest.fixture
-def waits() -> Waits:
-    return Waits()
-
-
-@pytest.fixture
-async def make_llm(llm_server: FakeOpenAI, waits: Waits) -> AsyncIterator[Callable[..., OpenAIChat]]:
-    """`make_llm(retries=..., rng=..., **env)` -> an OpenAIChat on the fake, with faked waits."""
-    made: list[OpenAIChat] = []
-
-    def make(*, retries: int | None = 3, rng: Callable[[], float] = lambda: 0.5, **env: str) -> OpenAIChat:
-        llm = OpenAIChat(settings_for_llm(llm_server, **env), retries=retries, sleep=waits.sleep, clock=waits.clock, rng=rng)
-        made.append(llm)
-        return llm
-
-    yield make
-    for llm in made:
-        await llm.close()
+}
 
 
 def attempt_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -202,9 +140,10 @@ class TestNotRetried:
         [
             (400, CONTEXT_TOO_LONG, ContextTooLong, "too long"),
             (400, None, LLMError, "refused the request"),
-            (401, None, LLMError, "rejected the bot's API key"),
-            (403, None, LLMError, "rejected the bot's API key"),
-            (404, None, LLMError, "does not know the model"),
+            (401, None, LLMMisconfigured, "rejected my API key"),
+            (403, None, LLMMisconfigured, "refused my API key access"),
+            (404, None, LLMMisconfigured, "no chat completions at its address"),
+            (404, MODEL_NOT_FOUND, LLMMisconfigured, "does not know the model 'gpt-4o-mini'"),
         ],
     )
     async def test_errors_a_retry_cannot_fix_fail_at_once(self, make_llm, llm_server, waits, status, body, error_type, reason):
@@ -258,7 +197,7 @@ class TestSecrets:
         result = await answer(make_llm(retries=1))
         assert result.error is not None
         assert self.KEY not in result.error.reason and self.KEY not in str(result.error)
-        assert attempt_warnings(caplog), "each failed attempt logs a warning"
+        assert [r for r in caplog.records if r.name == "llmbot.llm" and r.levelno >= logging.WARNING], "each failed attempt logs a line"
         for record in caplog.records:
             assert self.KEY not in record.getMessage()
             assert self.KEY not in (record.exc_text or "")
