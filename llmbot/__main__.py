@@ -5,7 +5,8 @@ Exit codes, for a supervisor (sysexits.h where one fits):
     1   `check` found problems (one line each on stderr)
     2   invalid settings, a missing --env-file, a plugin or prompt that cannot be loaded
     75  EX_TEMPFAIL: Mattermost could not be reached at start (passing: start again later)
-    78  EX_CONFIG: Mattermost refuses the token, at start or later (permanent: do not restart)
+    78  EX_CONFIG: Mattermost refuses the token, at start or later, or its TLS certificate is not
+        trusted (permanent: do not restart)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .checks import TOKEN_HINT, check
-from .errors import ChatAuthError, ChatError, ChatForbidden, ConfigError, PromptError
+from .errors import ChatAuthError, ChatError, ChatForbidden, ChatTLSError, ConfigError, PromptError
 from .llm import OpenAIChat
 from .logs import configure_logging
 from .mattermost import MattermostChat
@@ -137,6 +138,10 @@ def cmd_run(env_file: str | None) -> int:
         log.error("Mattermost refuses MATTERMOST_TOKEN (%s): a revoked token, a deactivated bot account or personal access "
                   "tokens turned off; %s; exiting with %d (EX_CONFIG), not to be restarted",
                   str(exc).rstrip("."), TOKEN_HINT, EX_CONFIG)
+        return EX_CONFIG
+    except ChatTLSError as exc:  # a certificate not trusted: it won't pass by itself (a CA bundle must be set)
+        log.error("cannot start: Mattermost's %s (MATTERMOST_URL=%s); exiting with %d (EX_CONFIG), not to be restarted",
+                  exc, settings.mattermost_url, EX_CONFIG)
         return EX_CONFIG
     except ChatError as exc:  # only start-up lets these out (later, the bot reconnects): it may pass
         log.error("cannot start: %s (MATTERMOST_URL=%s); exiting with %d (EX_TEMPFAIL), to be started again later",

@@ -173,7 +173,7 @@ class TurnRunner:
             writer = turn.reply
             if not writer.closed:
                 writer.deadline = self.clock() + LAST_WORD
-                await writer.fail(FAILED, f"Mattermost refused a call: {exc}")
+                await writer.fail(FAILED, None)  # (its cause is the line above)
         except Exception:
             log.exception("thread %s: handler %s failed on post %s", thread_id, job.handler, job.event.post.id)
             writer = turn.reply

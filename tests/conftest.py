@@ -16,14 +16,16 @@ from tests.fakes import FakeClock, bot_for, settings_for
 from tests.loopback.fake_mattermost import FakeMattermost
 from tests.loopback.fake_openai import FakeOpenAI
 
-_OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_")
+_OWN_PREFIXES = ("MATTERMOST_", "OPENAI_", "LLMBOT_", "TIKTOKEN_", "DATA_GYM_", "SSL_CERT_")
+# the machine's proxies stay out too: loopback traffic must not go through them
+_NETWORK = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never depend on the machine's settings; tiktoken's cache starts empty per session."""
     for name in list(os.environ):
-        if name.startswith(_OWN_PREFIXES):
+        if name.startswith(_OWN_PREFIXES) or name.upper() in _NETWORK:
             monkeypatch.delenv(name)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(_session_cache(tmp_path_factory)))
 

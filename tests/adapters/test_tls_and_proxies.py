@@ -435,3 +435,14 @@ class TestCheckCommand:
         assert [line.split(":")[0] for line in lines] == ["Mattermost", "LLM"]
         assert all(fix in line for line in lines), lines
         assert not any("reach" in line for line in lines), lines
+
+
+class TestTheExitCode:
+    async def test_an_untrusted_certificate_at_start_exits_78_not_to_be_restarted(self, tls_mm, tls_llm, tmp_path, capsys):
+        """A missing CA does not go away by itself: a supervisor should not restart the bot for ever."""
+        from tests.test_cli import env_for, run_cli, write_env
+
+        env = write_env(tmp_path / ".env", **env_for(tls_mm, tls_llm))
+        assert await run_cli("run", "--env-file", env) == 78
+        err = capsys.readouterr().err
+        assert "set SSL_CERT_FILE to your CA bundle" in err and "exiting with 78 (EX_CONFIG)" in err
