@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from . import router as routing
 from .errors import ChatError
 from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
@@ -20,22 +21,7 @@ from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
 from .plugin_access import PluginAccess
 from .policy import AccessPolicy
-from .router import (
-    NOTHING,
-    STEPS,
-    Continue,
-    Cue,
-    Decision,
-    End,
-    HandlerSpec,
-    Identity,
-    Ignore,
-    Passive,
-    Start,
-    Table,
-    Usage,
-    plan,
-)
+from .router import Continue, Cue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, Usage
 from .runner import Job
 from .scheduler import Scheduler
 from .store.base import Store
@@ -87,9 +73,9 @@ class Dispatcher:
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
         self.plugin_access = plugin_access if plugin_access is not None else PluginAccess()
         self._specs: tuple[HandlerSpec, ...] = ()
-        self._table = Table(())
+        self._table = routing.Table(())
         self._debug = False
-        self._tables: dict[tuple[HandlerSpec, ...], Table] = {}  # per set of plugins a post may reach
+        self._tables: dict[tuple[HandlerSpec, ...], routing.Table] = {}  # per set of plugins a post may reach
         self._queue: asyncio.Queue[Posted | Hello | _Release] = asyncio.Queue(QUEUE_SIZE)
         self._consumer: asyncio.Task[None] | None = None
         self.accepting = True
@@ -105,7 +91,7 @@ class Dispatcher:
 
     def handlers_changed(self) -> None:
         self._specs = tuple(h.spec for h in self.handlers.values())
-        self._table = Table(self._specs)
+        self._table = routing.Table(self._specs)
         self._tables = {}
 
     def start(self) -> None:
@@ -208,8 +194,8 @@ class Dispatcher:
         if active and any(b.awaiting for b in active):  # after a usage hint, only the caller's question continues
             active = [b for b in active if not b.awaiting or b.awaiting == post.user_id]
         table = self._table if self.plugin_access.is_open else self._table_for(event)
-        routed = plan(event, self.me, tuple(b.handler for b in active) if active else (), table, self.end_words)
-        if routed is NOTHING:  # most posts call nobody: the cheapest way out
+        routed = routing.plan(event, self.me, tuple(b.handler for b in active) if active else (), table, self.end_words)
+        if routed is routing.NOTHING:  # most posts call nobody: the cheapest way out
             if quiet is not None:  # a reply in a thread whose conversation is over
                 return await self._after_the_end(event)
             if self._debug:
@@ -268,7 +254,7 @@ class Dispatcher:
             await close_conversations(self.store, thread_id, None, ENDED, self.notify)
         caught = " (caught up)" if replayed else ""
         log.info(
-            "%s: step %d (%s) -> %s, %s%s", event, routed.step, STEPS[routed.step],
+            "%s: step %d (%s) -> %s, %s%s", event, routed.step, routing.STEPS[routed.step],
             decision.handler, type(decision).__name__.lower(), caught,  # type: ignore[union-attr]
         )
         job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks)
@@ -276,12 +262,12 @@ class Dispatcher:
         self.scheduler.submit(thread_id, job, coalesces=coalesces)
         return True
 
-    def _table_for(self, event: Posted) -> Table:
+    def _table_for(self, event: Posted) -> routing.Table:
         """The routing table of the plugins this post may reach (LLMBOT_PLUGIN_* lists)."""
         specs = self.plugin_access.allowed(self._specs, event)
         table = self._tables.get(specs)
         if table is None:
-            table = self._tables[specs] = Table(specs)
+            table = self._tables[specs] = routing.Table(specs)
         return table
 
     async def _after_the_end(self, event: Posted) -> bool:
