@@ -86,6 +86,24 @@ def http_url(value: object) -> str | None:
     return text
 
 
+def redis_url(value: object) -> str | None:
+    """LLMBOT_REDIS_URL: redis://, rediss:// (TLS) or unix:// - what redis-py's from_url reads."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError("is not a Redis URL: use e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///run/redis.sock)")
+    return text
+
+
+def log_format(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return text
+
+
 def one_word(value: object) -> str:
     """Model names and secrets: a space inside can only be a paste error (or a broken header)."""
     text = str(value).strip()

@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from annotated_types import Ge, Le
 from dotenv import dotenv_values
@@ -114,9 +115,21 @@ class Settings(BaseSettings):
         "LLMBOT_MAX_ACTIVATIONS_PER_MINUTE", ActivationLimits()
     )
 
+    # Several replicas (issue: Redis): unset, one instance keeps everything in memory.
+    redis_url: Annotated[str | None, BeforeValidator(parse.redis_url)] = _var("LLMBOT_REDIS_URL", None, repr=False)
+    redis_lease: float = _number("LLMBOT_REDIS_LEASE", 5.0, 1, 300)  # seconds a dead replica holds a thread
+    # Mattermost's rate limit, client side: unset, learned from the server's X-RateLimit-* headers.
+    mattermost_rate: float | None = _var("LLMBOT_MATTERMOST_RATE", None, gt=0, le=100_000, allow_inf_nan=False)
+    mattermost_burst: int | None = _var("LLMBOT_MATTERMOST_BURST", None, ge=1, le=1_000_000)
+    # The operator's view: /healthz and /metrics (unset: off), and JSON logs.
+    http_port: int | None = _var("LLMBOT_HTTP_PORT", None, ge=1, le=65535)
+    http_host: Annotated[str, BeforeValidator(parse.one_word)] = _var("LLMBOT_HTTP_HOST", "127.0.0.1")
+    log_format: Annotated[str, BeforeValidator(parse.log_format)] = _var("LLMBOT_LOG_FORMAT", "text")
+
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line or a post."""
-        return tuple(s for s in (self.mattermost_token, self.openai_api_key) if s)
+        redis_password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(s for s in (self.mattermost_token, self.openai_api_key, redis_password) if s)
 
     @classmethod
     def settings_customise_sources(

@@ -70,5 +70,15 @@ class Store(Protocol):
         """Record a conversation start at `at` (wall-clock seconds) unless `limit` starts of the
         user already fall within `window` seconds before it; True if recorded."""
 
+    async def acquire(self, thread_id: str, holder: str, seconds: float) -> bool:
+        """Hold the thread's turns for `seconds`, so one replica at a time runs them: True if this
+        holder has it now (taken, or held already); False while another holder's lease lives."""
+
+    async def renew(self, thread_id: str, holder: str, seconds: float) -> bool:
+        """Extend this holder's lease by `seconds` from now; False if it was lost (expired, taken)."""
+
+    async def release(self, thread_id: str, holder: str) -> None:
+        """Give the lease up (only this holder's: never another's)."""
+
     async def first_notice(self, key: str, window: float) -> bool:
         """True once per `window` seconds per key: tell a user about a limit once, not per message."""

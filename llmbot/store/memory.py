@@ -245,6 +245,17 @@ class MemoryStore:
         self._starts[user_id] = starts
         return True
 
+    # One instance runs every turn itself (the scheduler keeps a thread's turns in order): the
+    # lease is always its own.
+    async def acquire(self, thread_id: str, holder: str, seconds: float) -> bool:
+        return True
+
+    async def renew(self, thread_id: str, holder: str, seconds: float) -> bool:
+        return True
+
+    async def release(self, thread_id: str, holder: str) -> None:
+        return None
+
     async def first_notice(self, key: str, window: float) -> bool:
         seen = self._notices.get(window)
         if seen is None:

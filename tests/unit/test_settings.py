@@ -289,6 +289,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "LLMBOT_MAX_STARTS_PER_MINUTE": (0, 10_000),
     "LLMBOT_MAX_CONVERSATIONS_PER_USER": (0, 10_000),
     "LLMBOT_MAX_TURNS": (0, 10_000),
+    "LLMBOT_REDIS_LEASE": (1, 300),
 }
 FIELD_OF = {str(field.validation_alias): name for name, field in Settings.model_fields.items()}
 
