@@ -125,3 +125,7 @@ class NothingOpened(ConversationOver):
 
 class StateError(LlmbotError):
     """A handler's state cannot be kept in the thread: not a JSON object, or larger than 32 KB."""
+
+
+class StoreUnavailable(LlmbotError):
+    """The shared store (Redis) does not answer: no turn is taken until it does (no doubles)."""
