@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -157,3 +161,87 @@ async def start_bot(mm: FakeMattermost, llm_server: FakeOpenAI, clock: FakeClock
                 await task
         await run.bot.idle()
         await run.bot.close()
+
+
+# ------------------------------------------------------------------------------------------- Redis
+class RedisServer:
+    """A real redis-server (Debian's package) on a free loopback port, no persistence."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, port: int = 0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: the store tests need a real one "
+                        "(apt-get install -y redis-server; .ci/run installs it)", pytrace=False)
+        for _ in range(5):  # a free port may be taken by someone else before the server binds it
+            self.port = port or _free_port()
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if _answers_ping(self.port):
+                    return self
+                time.sleep(0.02)
+            self.stop()
+            if port:
+                break
+        pytest.fail(f"redis-server did not answer PING on 127.0.0.1:{self.port}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a redis-server started for the session (fails, never skips, without one). Tests
+    share it: each keeps to keys of its own (a RedisStore with a bot id of its own)."""
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_servers() -> Iterator[Callable[..., RedisServer]]:
+    """`redis_servers()` starts another redis-server for the test (e.g. to stop it); all stopped after."""
+    started: list[RedisServer] = []
+
+    def start(port: int = 0) -> RedisServer:
+        started.append(RedisServer().start(port))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
