@@ -114,7 +114,7 @@ def cmd_run(env_file: str | None) -> int:
     plugins = _plugins(settings)
     if plugins is None:
         return EXIT_SETTINGS
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level, settings.secrets(), settings.log_format)
     try:
         prompt = load_system_prompt(settings.system_prompt_file)
     except PromptError as exc:

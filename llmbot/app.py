@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from urllib.parse import urlsplit
 
-from . import lifecycle
+from . import lifecycle, metrics, ops_http
 from .catchup import CatchUp
 from .dispatcher import Dispatcher
 from .events import Posted
@@ -103,9 +103,15 @@ class Bot:
         self.runner: TurnRunner | None = None
         self.stopping = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = metrics.Metrics()  # this bot's registry (metrics.py), served at /metrics
+        self.metrics.watch(lambda: self.store, chat)
+        self.ops: ops_http.OpsServer | None = None  # /healthz and /metrics, with LLMBOT_HTTP_PORT
 
     async def start(self) -> Identity:
-        """Log in (users/me) and set up the handlers and the flow, which need the bot's name."""
+        """Log in (users/me) and set up the handlers and the flow, which need the bot's name. The
+        calling task, and every task started from it from now on, reports to this bot's metrics."""
+        metrics.report_to(self.metrics)
+        self.ops = self.ops or await ops_http.serve(self)  # before the login: a port taken fails at once
         me = self.me = await self.chat.login()
         s = self.settings
         added_before = list(self.handlers.values())  # plugins, in LLMBOT_PLUGINS order without the chat
@@ -138,6 +144,7 @@ class Bot:
             self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.policy.needs_team_names:
             await self.dispatcher.learn_team_names()
+        self.metrics.expect(self.handlers)
         log.info(
             "llmbot %s started as @%s (%s): model %s at %s, trigger %s, TTL %gs, plugins %s; tokens counted with %s",
             _version(), me.username, me.user_id, s.model, urlsplit(s.openai_base_url or "https://api.openai.com/v1").netloc,
@@ -244,6 +251,9 @@ class Bot:
         await lifecycle.drain(self)
 
     async def close(self) -> None:
+        if self.ops is not None:
+            await self.ops.close()
+            self.ops = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from . import metrics
 from .dispatcher import Dispatcher
 from .dm_flow import dm_threads
 from .errors import ChatError
@@ -189,6 +190,7 @@ class CatchUp:
                 sender = names.get(post.user_id, "")
                 event = Posted(post, channel.type, channel.name, channel.display_name, sender, channel.team_id)
                 taken += await self.dispatcher.dispatch(event, replayed=True)
+        metrics.caught_up(taken)  # llmbot_catch_up_posts_total
         return taken
 
     async def _recover(self, key: str, thread: Thread, now_ms: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import openai
 
-from . import usage
+from . import metrics, usage
 from .alternation import alternates, merge_user_turns
 from .chunks import chunk_finish, chunk_text, chunk_usage
 from .context import ChatMessage
@@ -120,7 +120,7 @@ class OpenAIChat:
         """
         deadline = self._clock() + self._total_timeout
         meter = usage.current()
-        where = meter.where if meter is not None else ""
+        where, fields = (meter.where, meter.fields) if meter is not None else ("", {})  # for the text and JSON logs
         yielded = False
         texts: list[str] = []
         reported: tuple[int, int] | None = None
@@ -192,10 +192,11 @@ class OpenAIChat:
                 wait, outcome = self._next_wait(error, exc, attempt, yielded, deadline)
                 if isinstance(error, LLMMisconfigured):  # an admin's to fix: every answer fails until then
                     log.error("%sthe LLM is not set up correctly: %s (%s): %s; %s",
-                              where, error.reason, describe(exc, error.reason), error.fix, outcome)
+                              where, error.reason, describe(exc, error.reason), error.fix, outcome, extra=fields)
                 else:
                     log.warning("%sLLM attempt %d/%d failed: %s (%s); %s",
-                                where, attempt, self.retries + 1, error.reason, describe(exc, error.reason), outcome)
+                                where, attempt, self.retries + 1, error.reason, describe(exc, error.reason), outcome,
+                                extra=fields)
                 if wait is None:
                     error.logged = True
                     raise error from exc
@@ -205,7 +206,7 @@ class OpenAIChat:
         self._measure(payload, "".join(texts), reported, meter)
         if finish == "length":
             log.info("%sthe server stopped the answer at its length limit (finish_reason length, max_tokens %d)",
-                     where, max_tokens)
+                     where, max_tokens, extra=fields)
             cut = ContextTooLong(TOO_LONG) if not yielded else AnswerCut(CUT)
             cut.logged = True
             raise cut
@@ -220,6 +221,7 @@ class OpenAIChat:
         else:
             tokenizer = self._tokenizer = self._tokenizer or load_tokenizer(self.model)
             used = usage.counted([str(m.get("content", "")) for m in payload], answer, tokenizer)
+        metrics.llm_tokens(used.prompt, used.completion)
         if meter is not None:
             meter.usage = used
         else:
@@ -282,6 +284,6 @@ class OpenAIChat:
         body: dict[str, object] = {"model": self.model, "messages": payload, "stream": True, self._limit_param: max_tokens}
         if self._ask_usage:  # the answer's tokens, in a last chunk (OpenAI, vLLM, llama.cpp, Ollama)
             body["stream_options"] = {"include_usage": True}
-        return await self._client.post(
+        return await metrics.llm_call(self._client.post(  # counted by status: llmbot_llm_requests_total
             "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
-        )
+        ))

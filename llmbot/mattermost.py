@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver
 
-from . import dm_flow
+from . import dm_flow, metrics
 from .errors import ChatAuthError, ChatError, ChatUnavailable
 from .mattermost_errors import translate
 from .mattermost_socket import EventSocket, reconnect_delay
@@ -73,7 +73,7 @@ class MattermostChat:
             transport = AiohttpTransport(
                 verify=ssl_context(), proxy=httpx.Proxy(proxy.url, headers=proxy.headers) if proxy else None
             )
-        options["transport"] = transport
+        options["transport"] = metrics.CountedTransport(transport)  # llmbot_mattermost_requests_total
         if proxy is not None:
             log.info("Mattermost: through the proxy %s", proxy)
         self._driver = AsyncTypedDriver(options)
@@ -89,6 +89,16 @@ class MattermostChat:
     async def close(self) -> None:
         await self._events.close()
         await self._driver.close()
+
+    @property
+    def socket_down(self) -> str | None:
+        """None while the event socket is connected; else why not (/healthz)."""
+        return self._events.down
+
+    @property
+    def reconnects(self) -> int:
+        """Times the event socket was lost and tried again (llmbot_websocket_reconnects_total)."""
+        return self._events.reconnects
 
     async def _call(self, what: str, call: Awaitable[Any]) -> Any:
         try:

@@ -72,6 +72,13 @@ class EventSocket:
         self._seq = itertools.count(2)  # seq 1 is the authentication challenge
         self._stop = asyncio.Event()  # set by close(): never reconnect again
         self.authenticated = False  # the current connection was accepted
+        self.reconnects = 0  # connections lost (or not made) and tried again: llmbot_websocket_reconnects_total
+        self._why = "not connected yet"  # why the socket is down, while it is
+
+    @property
+    def down(self) -> str | None:
+        """None while a connection is up and accepted; else why not, in a few words (/healthz)."""
+        return None if self._live is not None and self.authenticated else self._why
 
     async def run(self, on_frame: FrameHandler, check_token: Callable[[], Awaitable[None]]) -> None:
         """Connect, hand every text frame to `on_frame`, reconnect with jittered backoff, until
@@ -100,6 +107,8 @@ class EventSocket:
                 attempt = 0
             delay = reconnect_delay(attempt, base, cap, rng)
             attempt += 1
+            self.reconnects += 1
+            self._why = f"{why}; reconnecting"
             log.log(level, "websocket %s; reconnecting in %.1fs", why, delay)
             await asyncio.sleep(delay)
 
@@ -148,6 +157,7 @@ class EventSocket:
     async def close(self) -> None:
         """End `run` for good: close the live connection and never reconnect."""
         self._stop.set()
+        self._why = "closed"
         ws = self._live
         if ws is not None and not ws.closed:
             await ws.close()

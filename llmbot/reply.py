@@ -182,7 +182,7 @@ class ReplyWriter:
         # each post update then takes every delta that has arrived, which also spares a
         # quick answer its edits.
         deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        with usage.metering(self.thread_id) as self._meter:  # the reader's copy of the context holds it (usage.py)
+        with usage.metering(self.thread_id, self.answers, self.where.handler, started) as self._meter:  # the reader task's too
             reader = asyncio.create_task(_read(source, deltas))
         try:
             finished = False
@@ -218,9 +218,10 @@ class ReplyWriter:
                 "⚠️ I could not post the whole answer: Mattermost returned an error. Please try again.", "delivery failed"
             )
             return
+        took = self.clock() - started
         log.info(
             "thread %s: answered in %d post(s), %d chars, %.2fs%s", self.thread_id, len(self.posted),
-            len(self.pages.text), self.clock() - started, usage.suffix(self._meter),
+            len(self.pages.text), took, usage.suffix(self._meter), extra=usage.answered(self._meter, took),
         )
 
     async def _failed(self, exc: BaseException) -> None:
@@ -247,6 +248,7 @@ class ReplyWriter:
                 self._creates.append(Create(new_pending_id(self.where.me_id)))
             post = await self._creator.create(sent, self._props(KIND_ANSWER, i), self._creates[i])
             self.posted.append((post.id, text))
+            usage.shown(self._meter, self.clock())  # the first: llmbot_first_token_seconds
 
     async def try_sync(self) -> bool:
         """sync once, where a passing Mattermost failure is logged and reported as False."""
