@@ -5,7 +5,8 @@ content type, 201 on create, the root-id rule, an UNSORTED thread endpoint with
 the server's paging, ``posted`` events whose ``post`` is a JSON string,
 ``from_bot`` on bot posts, AppError bodies and the websocket auth handshake.
 Tests build a world (users, channels, posts), drive the bot against it and
-inspect what it did (``requests``, ``posts``, ``edits``, ``typing``).
+inspect what it did (``requests``, ``posts``, ``edits``, ``typing``). ``limit_rate`` turns on
+Mattermost's rate limiter (off by default, as on the server).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
 BODY = _RequestKey("body", object) if _RequestKey else "body"
 USER_ID = _RequestKey("user_id", str) if _RequestKey else "user_id"
+RATE_HEADERS = _RequestKey("rate_headers", dict) if _RequestKey else "rate_headers"
+RATE_LIMITED = _RequestKey("rate_limited", bool) if _RequestKey else "rate_limited"
 
 
 def new_id() -> str:
@@ -96,6 +99,43 @@ class _FaultRate:
 
 
 @dataclass
+class _RateLimiter:
+    """Mattermost's rate limiter (RateLimitSettings: PerSec, MaxBurst, VaryByRemoteAddr) as
+    app/ratelimit.go builds it: throttled's GCRA (rate.go), times in integer nanoseconds as Go
+    has them, one key per remote address, in front of every route (the websocket's too)."""
+
+    per_sec: int
+    max_burst: int
+    clock: Callable[[], float]
+    tats: dict[str, int] = field(default_factory=dict)  # key -> theoretical arrival time, ns
+    limited: list[tuple[str, str, float]] = field(default_factory=list)  # (method, path, clock()) of each 429
+
+    def check(self, key: str) -> tuple[bool, dict[str, str]]:
+        """Whether this request is refused, and the headers the response carries either way."""
+        period = 10**9 // self.per_sec  # throttled.PerSec(n): time.Second / n
+        tolerance = period * (self.max_burst + 1)
+        now = int(self.clock() * 10**9)
+        tat = self.tats.get(key, now)
+        new_tat = max(now, tat) + period
+        allow_at = new_tat - tolerance
+        limited = now < allow_at
+        if limited:
+            ttl = tat - now
+        else:
+            ttl = new_tat - now
+            self.tats[key] = new_tat
+        spare = tolerance - ttl
+        headers = {
+            "X-RateLimit-Limit": str(self.max_burst + 1),
+            "X-RateLimit-Remaining": str(max(0, spare) // period),  # Go's division truncates toward zero
+            "X-RateLimit-Reset": str(-(-ttl // 10**9)),  # whole seconds, rounded up
+        }
+        if limited:
+            headers["Retry-After"] = str(-(-(allow_at - now) // 10**9))
+        return limited, headers
+
+
+@dataclass
 class _WsConn:
     ws: web.WebSocketResponse
     connection_id: str = field(default_factory=new_id)
@@ -137,6 +177,7 @@ class FakeMattermost:
         self._failures: list[_Failure] = []
         self._fault_rate: _FaultRate | None = None
         self._slow: list[list] = []  # [method, pattern, seconds, times left]
+        self._limiter: _RateLimiter | None = None  # off, as on a default server (limit_rate)
         self.pending_post_ids: dict[str, str] = {}  # pending_post_id -> post id (the server's dedupe)
         self._pending_seen: dict[str, float] = {}  # pending_post_id -> dedupe_clock() when saved
         self.reactions: list[dict] = []
@@ -365,6 +406,30 @@ class FakeMattermost:
         call arrived (a slow server: the world may move on meanwhile)."""
         self._slow.append([method.upper(), re.compile(path_regex), seconds, times])
 
+    def limit_rate(self, per_sec: int | None, max_burst: int = 100, *, clock: Callable[[], float] | None = None) -> None:
+        """Turn Mattermost's rate limiter on (per_sec None: off again): `per_sec` requests a second
+        per remote address, `max_burst` + 1 at once (RateLimitSettings.PerSec/MaxBurst; the server's
+        defaults once an admin enables it are 10 and 100). Every response then carries
+        X-RateLimit-Limit/-Remaining/-Reset; a refused request gets 429, Retry-After and a plain-text
+        body, never reaches the API (not in `requests`) and is counted in `rate_limited`."""
+        self._limiter = None if per_sec is None else _RateLimiter(per_sec, max_burst, clock or time.monotonic)
+
+    def spend_rate_limit(self, requests: int, address: str = "127.0.0.1") -> None:
+        """`requests` of another client at `address` (the bot's, on loopback), counted by the limiter."""
+        assert self._limiter is not None, "limit_rate() first"
+        for _ in range(requests):
+            self._limiter.check(address)
+
+    @property
+    def rate_limited(self) -> int:
+        """429s the rate limiter returned."""
+        return len(self._limiter.limited) if self._limiter else 0
+
+    @property
+    def rate_limited_calls(self) -> list[tuple[str, str, float]]:
+        """(method, path, clock time) of each request the rate limiter refused."""
+        return list(self._limiter.limited) if self._limiter else []
+
     def fail_rate(self, probability: float, *, seed: int = 0, statuses: tuple[int, ...] = (429, 500, 502, 503)) -> None:
         """From now on a `probability` share of REST calls fail with one of `statuses` (a POST
         /posts failing with 500 is sometimes carried out first: a lost response)."""
@@ -541,6 +606,9 @@ class FakeMattermost:
         return self.tokens.get(token.strip())
 
     async def _add_standard_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(request.get(RATE_HEADERS) or {})
+        if request.get(RATE_LIMITED):
+            return  # refused in front of the router: no handler set the ids
         response.headers.setdefault("X-Request-Id", request.get(REQUEST_ID) or new_id())
         response.headers.setdefault("X-Version-Id", f"{SERVER_VERSION}.{SERVER_VERSION}.fake.false")
 
@@ -593,6 +661,13 @@ class FakeMattermost:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        if self._limiter is not None:
+            limited, request[RATE_HEADERS] = self._limiter.check(request.remote or "")
+            if limited:  # http.Error(w, "limit exceeded", 429)
+                request[RATE_LIMITED] = True
+                self._limiter.limited.append((request.method, request.path, self._limiter.clock()))
+                return web.Response(text="limit exceeded\n", status=429, content_type="text/plain", charset="utf-8",
+                                    headers={"X-Content-Type-Options": "nosniff"})
         request[REQUEST_ID] = new_id()
         if request.path != WS_PATH:
             raw = await request.read()
