@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from urllib.parse import urlsplit
 
-from . import lifecycle, metrics, ops_http
+from . import lifecycle, metrics, ops_http, tasks
 from .catchup import CatchUp
 from .dispatcher import Dispatcher
 from .events import Posted
 from .handlers.base import Handler
 from .hooks import Deactivations, open_conversation
+from .leases import ThreadLeases, replica_id
 from .limits import Limits
 from .plugin_access import Activations, PluginAccess
 from .plugins.api import Plugin
@@ -31,6 +32,7 @@ from .plugins.message import Tools
 from .policy import AccessPolicy
 from .ports import ChatAPI, LLMClient
 from .prompts import PromptTemplate
+from .replicas import Replicas, replica_store
 from .retry import RETRY_BASE
 from .router import Decision, Identity
 from .runner import Job, TurnRunner
@@ -73,9 +75,12 @@ class Bot:
         self.chat = chat
         self.llm = llm
         self.system_prompt = system_prompt
+        self._store_given = store is not None  # (tests bring theirs; else Redis with LLMBOT_REDIS_URL, at start)
         if store is None:
             store = MemoryStore(settings.conversation_ttl, settings.max_bound_threads, clock)
         self.store: Store = store
+        self.replica = replica_id()  # this process among the replicas sharing Redis
+        self.replicas: Replicas | None = None
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
         self.clock = clock
         self.now = now
@@ -88,15 +93,7 @@ class Bot:
         self.policy = AccessPolicy.from_settings(settings)
         self.plugin_access = PluginAccess.from_settings(settings)
         self.scheduler: Scheduler[Job] = Scheduler(self._run, settings.max_concurrent_turns)
-        self.limits = Limits(
-            self.store,
-            max_starts_per_minute=settings.max_starts_per_minute,
-            max_open=settings.max_conversations_per_user,
-            direct_messages=settings.direct_messages,
-            call_word=self._call_word,
-            notify=self.deactivations.notify,
-            activations=Activations.from_settings(self.store, settings),
-        )
+        self.limits = self._limits()
         self.limited_llm = LimitedLLM(llm, settings.max_concurrent_llm)  # one cap for the chat and every plugin
         self.dispatcher: Dispatcher | None = None
         self.catch_up: CatchUp | None = None
@@ -114,6 +111,11 @@ class Bot:
         self.ops = self.ops or await ops_http.serve(self)  # before the login: a port taken fails at once
         me = self.me = await self.chat.login()
         s = self.settings
+        if s.redis_url and not self._store_given:  # replicas: the store, the thread leases, the beats
+            self.store = await replica_store(s, me.user_id)
+            self.limits = self._limits()
+            self.scheduler.leases = ThreadLeases(self.store, self.replica, s.redis_lease)
+            self.replicas = Replicas(self.store, self.replica, s.redis_lease, self._take_over)
         added_before = list(self.handlers.values())  # plugins, in LLMBOT_PLUGINS order without the chat
         self.handlers.clear()
         if GPT_HANDLER in s.plugins:  # the chat takes its place in LLMBOT_PLUGINS (first: it answers DMs and @mentions)
@@ -139,7 +141,10 @@ class Bot:
             self.chat, self.dispatcher, self.store, self.handlers, me_id=me.user_id, ttl=s.conversation_ttl,
             now=self.now, retry_base=self.retry_base,
         )
+        self.dispatcher.replicas = self.replicas
         self.dispatcher.start()
+        if self.replicas is not None:
+            self.replicas.start()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.policy.needs_team_names:
@@ -151,6 +156,25 @@ class Bot:
             s.trigger.pattern, s.conversation_ttl, ", ".join(self.handlers) or "none", self.tokenizer.name,
         )
         return me
+
+    def _limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            self.store, max_starts_per_minute=s.max_starts_per_minute, max_open=s.max_conversations_per_user,
+            direct_messages=s.direct_messages, call_word=self._call_word, notify=self.deactivations.notify,
+            activations=Activations.from_settings(self.store, s),
+        )
+
+    async def _take_over(self, event: Posted) -> None:
+        """A turn a stopped replica had taken on: routed again here, and answered in full."""
+        if self.dispatcher is not None:
+            await self.dispatcher.dispatch(event, replayed=True, takeover=True)
+
+    async def unstarted(self, job: Job) -> None:
+        """A queued turn that shutdown leaves: with replicas another one takes it over, else it is
+        marked interrupted in the thread."""
+        if self.replicas is None and self.runner is not None:
+            await self.runner.interrupted(job)
 
     def _chat(self) -> PluginHandler:
         """The built-in GPT chat ("gpt" in LLMBOT_PLUGINS): a plugin like any other."""
@@ -216,6 +240,8 @@ class Bot:
     async def _run(self, job: Job) -> None:
         assert self.runner is not None  # jobs come only from the dispatcher, made by start()
         await self.runner.run(job)
+        if self.replicas is not None:  # finished: no other replica needs to take it over
+            await self.replicas.untrack(job.event.post.id)
 
     async def on_frame(self, raw: str) -> None:
         """Everything the websocket delivers comes here (parsed and queued; never slow)."""
@@ -254,11 +280,14 @@ class Bot:
         if self.ops is not None:
             await self.ops.close()
             self.ops = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
+        await tasks.stop(self._sweeper, "the sweep of expired conversations")
+        self._sweeper = None
         if self.dispatcher is not None:
             await self.dispatcher.close()
+        if self.replicas is not None:  # its unfinished turns go to the others at once
+            await self.replicas.close()
         await self.chat.close()
         await self.llm.close()
+        close_store = getattr(self.store, "close", None)
+        if close_store is not None:
+            await close_store()

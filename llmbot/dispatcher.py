@@ -14,13 +14,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from . import router as routing
-from .errors import ChatError
+from . import tasks
+from .errors import ChatError, StoreUnavailable
 from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
 from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
 from .plugin_access import PluginAccess
 from .policy import AccessPolicy
+from .replicas import Replicas, StoreOutage
 from .router import Continue, Cue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, Usage
 from .runner import Job
 from .scheduler import Scheduler
@@ -71,6 +73,8 @@ class Dispatcher:
         self._on_hello = on_hello
         self._clock = clock
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
+        self.replicas: Replicas | None = None  # with Redis: this replica among the others
+        self.outage = StoreOutage(store, on_hello)  # Redis does not answer: no turns, a catch-up after
         self.plugin_access = plugin_access if plugin_access is not None else PluginAccess()
         self._specs: tuple[HandlerSpec, ...] = ()
         self._table = routing.Table(())
@@ -101,10 +105,8 @@ class Dispatcher:
             self._consumer = asyncio.create_task(self._consume())
 
     async def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.cancel()
-            await asyncio.gather(self._consumer, return_exceptions=True)
-            self._consumer = None
+        await tasks.stop(self._consumer, "the dispatcher")
+        self._consumer = None
 
     @property
     def queued(self) -> int:
@@ -154,6 +156,8 @@ class Dispatcher:
                         await self._release()
                     finally:
                         item.done.set()
+            except StoreUnavailable as exc:
+                self.outage.noticed(exc, item.post.create_at if isinstance(item, Posted) else self.live_ms)
             except Exception:
                 log.exception("event skipped after an unexpected error")
             finally:
@@ -183,7 +187,7 @@ class Dispatcher:
             await self.dispatch(event)
 
     # ------------------------------------------------------------------ routing
-    async def dispatch(self, event: Posted, *, replayed: bool = False) -> bool:
+    async def dispatch(self, event: Posted, *, replayed: bool = False, takeover: bool = False) -> bool:
         """Route one post and queue what it asks for; True if a turn was queued. Cheap for the
         posts the bot ignores."""
         if not self.accepting:
@@ -206,7 +210,9 @@ class Dispatcher:
             if routed.step != 1 and self._debug:
                 log.debug("%s: not answered, step %d: %s", event, routed.step, decision.reason)
             return False
-        if not await self.store.claim(post.id):  # seen twice: a replayed event, or a catch-up overlapping the socket
+        # seen twice (a replayed event, a catch-up overlapping the socket, another replica): once only;
+        # a take-over is a post this replica was handed because its claimant stopped (replicas.py)
+        if not takeover and not await self.store.claim(post.id):
             return False
         if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
             await self.learn_team_names(event.team_id)
@@ -224,7 +230,7 @@ class Dispatcher:
             for name in routed.passive:  # step 2: in addition to whatever takes the post
                 log.info("%s: step 2 (passive) -> %s", event, name)
                 self.scheduler.submit(thread_id, Job(Passive(name), event, "", replayed, step=2))
-            admitted = await self.admit(event, decision)
+            admitted = decision if takeover else await self.admit(event, decision)
             if admitted is None and not isinstance(decision, Ignore):
                 cue = Cue(Cue.OVER_A_LIMIT, "over a limit (told before)")  # on every such post: the catch-up skips it
         if admitted is None:
@@ -257,7 +263,9 @@ class Dispatcher:
             "%s: step %d (%s) -> %s, %s%s", event, routed.step, routing.STEPS[routed.step],
             decision.handler, type(decision).__name__.lower(), caught,  # type: ignore[union-attr]
         )
-        job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks)
+        job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks, takeover=takeover)
+        if self.replicas is not None:  # another replica finishes it if this one stops first
+            await self.replicas.track(event)
         coalesces = isinstance(decision, Continue) and self.handlers[decision.handler].spec.coalesces
         self.scheduler.submit(thread_id, job, coalesces=coalesces)
         return True

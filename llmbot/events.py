@@ -109,3 +109,20 @@ def _posted(data: dict[str, Any]) -> Event:
 
 def _short(value: Any) -> str:
     return repr(value)[:40]
+
+
+def frame_of(event: Posted) -> str:
+    """A `posted` frame that parse_frame reads back as `event` (a replica hands a turn it could not
+    finish to another through the store this way)."""
+    post = event.post
+    post_json = {
+        "id": post.id, "channel_id": post.channel_id, "user_id": post.user_id, "root_id": post.root_id,
+        "message": post.message, "create_at": post.create_at, "type": post.type, "props": dict(post.props),
+        "file_ids": [f"file{i}" for i in range(post.file_count)], "delete_at": post.delete_at, "edit_at": post.edit_at,
+        "metadata": {"reactions": [{"user_id": user} for user in sorted(post.reacted)]} if post.reacted else {},
+    }
+    data = {
+        "post": orjson.dumps(post_json).decode(), "channel_type": event.channel_type, "channel_name": event.channel_name,
+        "channel_display_name": event.channel_display_name, "sender_name": event.sender_name, "team_id": event.team_id,
+    }
+    return orjson.dumps({"event": "posted", "data": data}).decode()

@@ -59,4 +59,4 @@ async def drain(bot: Bot) -> None:
     log.info("stopping: no new turns; waiting up to %.0fs for %d thread(s)", bot.shutdown_grace, len(bot.scheduler))
     if runner is None:
         return
-    await bot.scheduler.drain(bot.shutdown_grace, runner.interrupted, INTERRUPT_GRACE)
+    await bot.scheduler.drain(bot.shutdown_grace, bot.unstarted, INTERRUPT_GRACE)

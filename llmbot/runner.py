@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from . import metrics
 from .errors import ChatError, ConversationOver, NothingOpened, TurnAborted
 from .events import Posted
 from .handlers.base import Handler, Turn
@@ -37,6 +38,7 @@ class Job:
     replayed: bool = False
     step: int = 0  # the routing table's row that chose it (router.py)
     fallbacks: tuple[tuple[int, Decision], ...] = ()  # tried in order if a follow-up is declined
+    takeover: bool = False  # another replica took this post on and stopped before finishing it
 
     @property
     def handler(self) -> str:
@@ -108,7 +110,7 @@ class TurnRunner:
                 binding = next((b for b in await self.store.active(job.event.place) if b.handler == decision.handler), None)
                 if binding is None:  # ended while this post waited
                     continue
-                offer = Job(decision, job.event, binding.conversation, job.replayed, step)
+                offer = Job(decision, job.event, binding.conversation, job.replayed, step, takeover=job.takeover)
                 if await self._run_one(offer, shared) is not False:
                     log.info("post %s in thread %s: declined before; step %d -> %s", post.id, post.thread_id, step,
                              decision.handler)
@@ -123,7 +125,7 @@ class TurnRunner:
             log.info("post %s in thread %s: declined before; step %d -> %s, %s", post.id, post.thread_id, step,
                      admitted.handler, type(admitted).__name__.lower())  # type: ignore[union-attr]
             conversation = post.id if isinstance(admitted, Start) else ""
-            await self._run_one(Job(admitted, job.event, conversation, job.replayed, step), shared)
+            await self._run_one(Job(admitted, job.event, conversation, job.replayed, step, takeover=job.takeover), shared)
             return
         log.info("post %s in thread %s: declined by every conversation here, and no trigger", post.id, post.thread_id)
 
@@ -146,8 +148,16 @@ class TurnRunner:
         timeout = handler.spec.conversation_timeout
         turn = Turn(
             job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name,
-            {} if shared is None else shared, self.ttl if timeout is None else timeout,
+            {} if shared is None else shared, self.ttl if timeout is None else timeout, job.takeover,
         )
+        try:
+            return await self._handle(job, turn, handler)
+        finally:  # llmbot_turns_total: what the turn left in the thread (nothing: not counted)
+            metrics.turn_done(job.handler, metrics.outcome_of(turn.reply))
+
+    async def _handle(self, job: Job, turn: Turn, handler: Handler) -> bool | None:
+        thread_id = turn.thread_id
+        writer = turn.reply
         taken: bool | None = None
         try:
             async with asyncio.timeout(self.deadline):

@@ -13,10 +13,13 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .context import ChatMessage
 from .ports import LLMClient
+
+if TYPE_CHECKING:
+    from .leases import ThreadLeases
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")
@@ -34,8 +37,11 @@ class _ThreadQueue(Generic[J]):
 class Scheduler(Generic[J]):
     """Runs `run(job)` for each submitted job, serially per thread."""
 
-    def __init__(self, run: Callable[[J], Awaitable[None]], max_concurrent: int) -> None:
+    def __init__(
+        self, run: Callable[[J], Awaitable[None]], max_concurrent: int, leases: ThreadLeases | None = None
+    ) -> None:
         self._run = run
+        self.leases = leases  # with replicas: one at a time runs a thread's queue (leases.py)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._threads: dict[str, _ThreadQueue[J]] = {}
         self._stopping = False  # drain began: no queued job starts any more
@@ -61,19 +67,23 @@ class Scheduler(Generic[J]):
 
     async def _drain_thread(self, thread_id: str, queue: _ThreadQueue[J]) -> None:
         try:
-            while queue.pending and not self.stopping():
-                job, _ = queue.pending.popleft()
-                queue.waiting = job
-                async with self._slots:
-                    if self.stopping():  # drain() began while this job waited for a slot
-                        break  # drain reports it as unstarted
-                    queue.waiting = None
-                    try:
-                        await self._run(job)
-                    except Exception:
-                        log.exception("thread %s: a job failed", thread_id)
+            async with self.leases.holding(thread_id) if self.leases is not None else contextlib.nullcontext():
+                await self._drain_held(thread_id, queue)
         finally:
             self._threads.pop(thread_id, None)
+
+    async def _drain_held(self, thread_id: str, queue: _ThreadQueue[J]) -> None:
+        while queue.pending and not self.stopping():
+            job, _ = queue.pending.popleft()
+            queue.waiting = job
+            async with self._slots:
+                if self.stopping():  # drain() began while this job waited for a slot
+                    break  # drain reports it as unstarted
+                queue.waiting = None
+                try:
+                    await self._run(job)
+                except Exception:
+                    log.exception("thread %s: a job failed", thread_id)
 
     async def idle(self) -> None:
         """Wait until no job is queued or running."""

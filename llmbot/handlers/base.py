@@ -36,6 +36,7 @@ class Turn:
     # (a declined follow-up goes to the next candidate without a second read).
     shared: dict[str, Thread] = field(default_factory=dict)
     gap: float = 3600.0  # seconds of silence that began a DM's running conversation (its timeout)
+    takeover: bool = False  # another replica took this post on and stopped before finishing it
 
     @property
     def post(self) -> Post:

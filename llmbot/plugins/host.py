@@ -20,6 +20,7 @@ from ..errors import ConversationOver, NothingOpened
 from ..handlers.base import Turn
 from ..record import KIND_END, KIND_GOODBYE, KIND_REFUSAL, KIND_USAGE, PROP_HANDLER, already_answered, turns_in_conversation
 from ..router import Continue, End, HandlerSpec, Passive, Refuse, Start, Usage
+from ..takeover import mark_abandoned
 from ..thread import Thread
 from ..triggers import trigger_word
 from .api import Listener, Plugin
@@ -66,7 +67,9 @@ class PluginHandler:
         thread = Thread(turn.thread_id, (turn.post,)) if known else await turn.read_thread(self._enough)
         if thread is None:
             return None
-        if not known and not isinstance(decision, Passive) and self._answered(thread, turn):
+        if turn.takeover:  # a replica died writing this answer: its partial post says so, a full one follows
+            await mark_abandoned(turn, thread)
+        elif not known and not isinstance(decision, Passive) and self._answered(thread, turn):
             log.info("thread %s: post %s was answered already; nothing new for %s", turn.thread_id, turn.post.id,
                      self.plugin.name)
             return None

@@ -80,5 +80,19 @@ class Store(Protocol):
     async def release(self, thread_id: str, holder: str) -> None:
         """Give the lease up (only this holder's: never another's)."""
 
+    async def heartbeat(self, replica: str, seconds: float) -> None:
+        """This replica is alive for `seconds` more (renewed well before they pass)."""
+
+    async def track(self, replica: str, post_id: str, frame: str) -> None:
+        """A turn this replica took on and has not finished: the post's `posted` frame, for another
+        replica to finish it if this one dies."""
+
+    async def untrack(self, replica: str, post_id: str) -> None:
+        """The turn is finished (or handed on): nobody needs to take it over."""
+
+    async def adopt(self, replica: str) -> list[str]:
+        """The unfinished turns of replicas that stopped beating, now this replica's (each adopted
+        by one replica only): their frames."""
+
     async def first_notice(self, key: str, window: float) -> bool:
         """True once per `window` seconds per key: tell a user about a limit once, not per message."""

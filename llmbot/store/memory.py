@@ -256,6 +256,19 @@ class MemoryStore:
     async def release(self, thread_id: str, holder: str) -> None:
         return None
 
+    # A single instance has nobody to hand its turns to: after a crash, the catch-up takes them.
+    async def heartbeat(self, replica: str, seconds: float) -> None:
+        return None
+
+    async def track(self, replica: str, post_id: str, frame: str) -> None:
+        return None
+
+    async def untrack(self, replica: str, post_id: str) -> None:
+        return None
+
+    async def adopt(self, replica: str) -> list[str]:
+        return []
+
     async def first_notice(self, key: str, window: float) -> bool:
         seen = self._notices.get(window)
         if seen is None:

@@ -201,7 +201,6 @@ class TestMetrics:
         for outcome in ("answered", "notice", "refused", "ended"):  # every outcome has a series from the start
             assert ("llmbot_turns_total", (("handler", "gpt"), ("outcome", outcome))) in samples
 
-    @pytest.mark.xfail(strict=True, reason="the turn runner calls metrics.turn_done: wired with the replicas work (runner.py)")
     async def test_an_answered_turn_is_counted_by_handler_and_outcome(self, ops_bot, mm, llm_server, world) -> None:
         run = await ops_bot()
         root = await mm.post_as(world.alice, world.town, "gpt say hello")
