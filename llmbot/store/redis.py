@@ -97,6 +97,7 @@ class RedisStore:
         else:
             self._redis = url_or_client
             self._owned = False
+        self._counted = 0  # live conversations at the last sweep (len())
         self._ttl = ttl
         self._timer = timer
         self._prefix = f"llmbot:{bot_user_id}:"
@@ -120,7 +121,13 @@ class RedisStore:
     @_guarded
     async def live_count(self) -> int:
         """How many conversations are live across all threads and replicas (for a gauge)."""
-        return int(await self._redis.zcount(self._deadlines, f"({self._timer()!r}", "+inf"))
+        self._counted = int(await self._redis.zcount(self._deadlines, f"({self._timer()!r}", "+inf"))
+        return self._counted
+
+    def __len__(self) -> int:
+        """The live conversations as last counted (every sweep, so at most 30 s old): what the
+        llmbot_active_conversations gauge reads, with no round trip at scrape time."""
+        return self._counted
 
     async def close(self) -> None:
         """Close the connections, if this store opened them."""
@@ -219,6 +226,7 @@ class RedisStore:
                 thread_id, *fields = json.loads(member)
                 reports.append((thread_id, _binding(fields), "expired"))
             if len(due) < SWEEP_BATCH:
+                await self.live_count()  # (for the gauge: one count per sweep)
                 return reports
 
     # ------------------------------------------------------------------ claims, counters, notices

@@ -677,3 +677,18 @@ class TestReplicasTurns:
 
         assert await eventually(adopts) >= 0.2
         assert adopted == ["frame"]
+
+
+class TestTheGaugeCount:
+    async def test_len_is_the_live_conversations_at_the_last_sweep(self, redis_stores: Stores, clock: FakeClock) -> None:
+        """llmbot_active_conversations reads len() at scrape time: no round trip, refreshed by each sweep."""
+        store = redis_stores.new()
+        await store.bind("t1", "gpt", "u1", "c1")
+        await store.bind("t1", "food", "u1", "c2", ttl=60)
+        await store.bind("t2", "gpt", "u2", "c3")
+        assert len(store) == 0  # not counted yet
+        await store.sweep()
+        assert len(store) == 3  # stacked conversations count one each
+        clock.advance(61)
+        await store.sweep()
+        assert len(store) == 2
