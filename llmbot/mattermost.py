@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -19,11 +19,12 @@ from httpx_aiohttp import AiohttpTransport
 from mattermostautodriver import AsyncTypedDriver
 
 from . import dm_flow, metrics
-from .errors import ChatAuthError, ChatError, ChatUnavailable
+from .errors import ChatAuthError, ChatError, ChatRateLimited, ChatUnavailable
 from .mattermost_errors import translate
 from .mattermost_socket import EventSocket, reconnect_delay
 from .network import proxy_for, ssl_context
 from .ports import Channel  # the core's type; re-exported for old imports
+from .rate_budget import RateBudget, WatchedTransport
 from .router import Identity
 from .settings import Settings
 from .thread import Post, Thread, post_from_json, posts_from_post_list, text_or_empty, thread_from_posts
@@ -49,6 +50,7 @@ class MattermostChat:
         reconnect_base: float = 1.0,
         reconnect_cap: float = 60.0,
         rng: Callable[[], float] = random.random,
+        rate_budget: RateBudget | None = None,
     ) -> None:
         url = settings.mattermost_url
         options: dict[str, Any] = {
@@ -76,6 +78,9 @@ class MattermostChat:
         options["transport"] = metrics.CountedTransport(transport)  # llmbot_mattermost_requests_total
         if proxy is not None:
             log.info("Mattermost: through the proxy %s", proxy)
+        # The rate budget (rate_budget.py): set, or learned from the server's X-RateLimit-* headers.
+        self.rate_budget = rate_budget or RateBudget(settings.mattermost_rate, settings.mattermost_burst)
+        options["transport"] = WatchedTransport(options["transport"], self.rate_budget)
         self._driver = AsyncTypedDriver(options)
         ws_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.host}:{url.port}/api/v4/websocket"
         self._events = EventSocket(
@@ -100,13 +105,21 @@ class MattermostChat:
         """Times the event socket was lost and tried again (llmbot_websocket_reconnects_total)."""
         return self._events.reconnects
 
-    async def _call(self, what: str, call: Awaitable[Any]) -> Any:
+    async def _call(self, what: str, call: Coroutine[Any, Any, Any]) -> Any:
+        if self.rate_budget.engaged:
+            try:
+                await self.rate_budget.spend()
+            except BaseException:
+                call.close()  # never started
+                raise
         try:
             result = await call
         except Exception as exc:
             error = translate(exc)
             if error is None:
                 raise  # a bug, not a flaky server: never retried, logged with its traceback upstream
+            if isinstance(error, ChatRateLimited):
+                self.rate_budget.limited(error.retry_after, what)
             raise error from exc
         if isinstance(result, httpx.Response):  # the driver hands back non-JSON responses raw
             content_type = result.headers.get("content-type")

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 from . import usage
 from .creates import Create, IdempotentCreator, new_pending_id
-from .errors import ChatError, ContextTooLong, LLMError, TurnAborted
+from .errors import ChatError, ChatRateLimited, ContextTooLong, LLMError, TurnAborted
 from .notices import llm_failed
 from .ports import ChatAPI
+from .rate_budget import edit_pace, streaming_edit
 from .record import KIND_ANSWER, KIND_NOTICE, STATUS_LINE, checked_state, props_for
 from .retry import ATTEMPTS, FINAL, RETRY_BASE, with_retries
-from .streaming import EditThrottle, ReplyPages, defuse_broadcasts
+from .streaming import EditThrottle, ReplyPages, defuse_broadcasts, read_into
 from .typing_indicator import typing_shown
 
 log = logging.getLogger(__name__)
@@ -176,14 +177,14 @@ class ReplyWriter:
         ContextTooLong before any text is raised for the caller to trim and retry; any other
         exception is raised after the partial text is marked (the turn runner logs it).
         """
-        throttle = EditThrottle(self.clock, self.edit_interval)
+        throttle = EditThrottle(self.clock, self.edit_interval, edit_pace(self.chat))
         started = self.clock()
         # The source is read in a task of its own, so a slow Mattermost call never stalls it;
         # each post update then takes every delta that has arrived, which also spares a
         # quick answer its edits.
         deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         with usage.metering(self.thread_id, self.answers, self.where.handler, started) as self._meter:  # the reader task's too
-            reader = asyncio.create_task(_read(source, deltas))
+            reader = asyncio.create_task(read_into(source, deltas))
         try:
             finished = False
             while not finished:
@@ -202,9 +203,10 @@ class ReplyWriter:
                     continue  # the final update comes below; and never create an empty post
                 if not self.posted or throttle.due():
                     stop_typing()
-                    await self.try_sync()  # a failed update is retried at the next one
+                    await self.try_sync(streaming=True)  # a failed update is retried at the next one
                     throttle.mark()
         finally:
+            throttle.close()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
@@ -232,8 +234,9 @@ class ReplyWriter:
         else:
             raise exc
 
-    async def sync(self) -> None:
-        """Make the posts show the pages: patch changed ones, create the missing ones."""
+    async def sync(self, *, streaming: bool = False) -> None:
+        """Make the posts show the pages: patch changed ones (`streaming`: as edits that yield to
+        other calls under the rate budget), create the missing ones."""
         for i, text in enumerate(self.pages.pages):
             if not text.strip():
                 continue
@@ -241,7 +244,8 @@ class ReplyWriter:
             if i < len(self.posted):
                 post_id, shown = self.posted[i]
                 if shown != text:
-                    await self.chat.patch_post(post_id, sent)
+                    with streaming_edit(streaming):
+                        await self.chat.patch_post(post_id, sent)
                     self.posted[i] = (post_id, text)
                 continue
             while len(self._creates) <= i:
@@ -250,14 +254,15 @@ class ReplyWriter:
             self.posted.append((post.id, text))
             usage.shown(self._meter, self.clock())  # the first: llmbot_first_token_seconds
 
-    async def try_sync(self) -> bool:
-        """sync once, where a passing Mattermost failure is logged and reported as False."""
+    async def try_sync(self, *, streaming: bool = False) -> bool:
+        """sync once, where a passing Mattermost failure is logged (a 429 was, by the adapter) and reported as False."""
         try:
-            await self.sync()
+            await self.sync(streaming=streaming)
         except FINAL as exc:
             raise TurnAborted(f"thread {self.thread_id} cannot be answered: {exc}") from exc
         except ChatError as exc:
-            log.warning("thread %s: updating the answer failed: %s", self.thread_id, exc)
+            if not isinstance(exc, ChatRateLimited):
+                log.warning("thread %s: updating the answer failed: %s", self.thread_id, exc)
             return False
         return True
 
@@ -292,15 +297,3 @@ class ReplyWriter:
         """Shows "typing..." until the returned stop() is called or the block ends."""
         return typing_shown(self.chat, self.where.channel_id, self.thread_id)
 
-
-async def _read(source: AsyncGenerator[str, None], out: asyncio.Queue[str | BaseException | None]) -> None:
-    """Put the source's deltas on `out`, then None when it is done, or whatever ended it: any
-    failure reaches the writer, so a turn never waits on a reader that died."""
-    try:
-        async with contextlib.aclosing(source):
-            async for delta in source:
-                out.put_nowait(delta)
-    except Exception as exc:  # noqa: BLE001 - handed over, raised by the writer
-        out.put_nowait(exc)
-        return
-    out.put_nowait(None)

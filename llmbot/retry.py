@@ -41,6 +41,11 @@ def retry_wait(attempt: int, exc: BaseException, base: float, rng: Callable[[], 
     return ceiling / 2 + rng() * ceiling / 2
 
 
+def _log_of(exc: BaseException) -> Callable[..., None]:
+    """A failed try's log level: a 429 is logged once, where it happened (rate_budget.py), not per try."""
+    return log.debug if isinstance(exc, ChatRateLimited) else log.warning
+
+
 def _passing(exc: BaseException) -> bool:
     """A failure another try may cure; anything not a ChatError is a bug and is raised at once, and
     an untrusted certificate stays untrusted: an admin must fix it, not the next try."""
@@ -90,7 +95,7 @@ async def with_retries(
         if not _passing(exc):
             raise
         first = exc
-    log.warning("%s failed (try 1 of %d): %s", what, attempts, first)
+    _log_of(first)("%s failed (try 1 of %d): %s", what, attempts, first)
     said = [str(first)]  # the cause last logged: a repeat says "again" instead
     pause = retry_wait(0, first, base, rng)
     if attempts == 1 or (deadline is not None and clock() + pause >= deadline):
@@ -101,10 +106,11 @@ async def with_retries(
         return retry_wait(state.attempt_number, _failure(state), base, rng)
 
     def log_failure(state: RetryCallState) -> None:
-        cause = str(_failure(state))
+        failure = _failure(state)
+        cause = str(failure)
         shown = "the same again" if cause == said[0] else cause
         said[0] = cause
-        log.warning("%s failed (try %d of %d): %s", what, state.attempt_number + 1, attempts, shown)
+        _log_of(failure)("%s failed (try %d of %d): %s", what, state.attempt_number + 1, attempts, shown)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts - 1) | _NoTimeLeft(deadline, clock),

@@ -1,10 +1,13 @@
-"""Streaming a reply into posts: when to patch, and how to split long text. Pure, no I/O."""
+"""Streaming a reply into posts: when to patch, and how to split long text. No I/O."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MAX_POST_RUNES = 16383  # Mattermost's limit; len() of a str counts code points, i.e. runes
 _FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
@@ -37,19 +40,44 @@ def fits(text: str, limit: int) -> bool:
     return defused_len(text) <= limit
 
 
-class EditThrottle:
-    """Decides when a streamed post is patched: at most once per `interval` seconds."""
+class Pace(Protocol):
+    """The rate budget's say on one stream's edits (rate_budget.EditPacer)."""
 
-    def __init__(self, clock: Callable[[], float], interval: float = 1.0) -> None:
+    def __call__(self) -> float:
+        """Seconds the next edit should wait (0: it may go now, and will)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EditThrottle:
+    """Decides when a streamed post is patched: at most once per `interval` seconds, and, with
+    `pace`, no sooner than the rate budget allows: under pressure the interval stretches and each
+    edit carries more text. close() when the stream is over."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = 1.0, pace: Pace | None = None) -> None:
         self._clock = clock
         self.interval = interval
+        self._pace = pace
         self._last = float("-inf")
+        self._next = float("-inf")  # no edit before this: the budget said so
 
     def due(self) -> bool:
-        return self._clock() - self._last >= self.interval
+        now = self._clock()
+        if now - self._last < self.interval or now < self._next:
+            return False
+        wait = self._pace() if self._pace is not None else 0.0
+        if wait > 0:
+            self._next = now + wait
+            return False
+        return True
 
     def mark(self) -> None:
         self._last = self._clock()
+
+    def close(self) -> None:
+        if self._pace is not None:
+            self._pace.close()
 
 
 @dataclass
@@ -151,3 +179,16 @@ def open_fence(text: str) -> tuple[str, str] | None:
         elif marker[0] == opened[1][0] and len(marker) >= len(opened[1]) and not info.strip():
             opened = None
     return opened
+
+
+async def read_into(source: AsyncGenerator[str, None], out: asyncio.Queue[str | BaseException | None]) -> None:
+    """Put the source's deltas on `out`, then None when it is done, or whatever ended it: any
+    failure reaches the writer, so a turn never waits on a reader that died."""
+    try:
+        async with contextlib.aclosing(source):
+            async for delta in source:
+                out.put_nowait(delta)
+    except Exception as exc:  # noqa: BLE001 - handed over, raised by the writer
+        out.put_nowait(exc)
+        return
+    out.put_nowait(None)
