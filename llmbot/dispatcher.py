@@ -212,7 +212,7 @@ class Dispatcher:
             return False
         # seen twice (a replayed event, a catch-up overlapping the socket, another replica): once only;
         # a take-over is a post this replica was handed because its claimant stopped (replicas.py)
-        if not takeover and not await self.store.claim(post.id):
+        if not takeover and not await (self.replicas.claim(event) if self.replicas else self.store.claim(post.id)):
             return False
         if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
             await self.learn_team_names(event.team_id)
@@ -234,6 +234,8 @@ class Dispatcher:
             if admitted is None and not isinstance(decision, Ignore):
                 cue = Cue(Cue.OVER_A_LIMIT, "over a limit (told before)")  # on every such post: the catch-up skips it
         if admitted is None:
+            if self.replicas is not None:  # nothing to take over: no turn
+                await self.replicas.untrack(post.id)
             if cue is not None:
                 log.debug("%s: not answered (%s); cue :%s:", event, cue.why, cue.emoji)
                 self.scheduler.submit(thread_id, Job(cue, event, "", replayed))
@@ -264,8 +266,6 @@ class Dispatcher:
             decision.handler, type(decision).__name__.lower(), caught,  # type: ignore[union-attr]
         )
         job = Job(decision, event, conversation, replayed, step=routed.step, fallbacks=routed.fallbacks, takeover=takeover)
-        if self.replicas is not None:  # another replica finishes it if this one stops first
-            await self.replicas.track(event)
         coalesces = isinstance(decision, Continue) and self.handlers[decision.handler].spec.coalesces
         self.scheduler.submit(thread_id, job, coalesces=coalesces)
         return True

@@ -85,10 +85,18 @@ class Replicas:
                 adopted += 1
         return adopted
 
-    async def track(self, event: Posted) -> None:
+    async def claim(self, event: Posted) -> bool:
+        """The post for this replica, once among all of them, and tracked in the same breath: a stop
+        between the two (SIGTERM cancels the dispatcher) would leave a post claimed and never answered."""
+        return await asyncio.shield(self._claim_and_track(event))
+
+    async def _claim_and_track(self, event: Posted) -> bool:
         from .events import frame_of  # (the hot path of ignored posts never gets here)
 
+        if not await self.store.claim(event.post.id):
+            return False
         await self.store.track(self.replica, event.post.id, frame_of(event))
+        return True
 
     async def untrack(self, post_id: str) -> None:
         try:

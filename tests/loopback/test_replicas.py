@@ -90,8 +90,12 @@ async def call_many(mm, world, count: int, prefix: str) -> list[dict]:
 
 
 async def all_answered(mm, roots: list[dict], timeout: float) -> None:
-    await mm.wait_for(lambda: all(complete(mm, r["id"]) for r in roots), timeout=timeout,
-                      message="every call has a complete answer")
+    try:
+        await mm.wait_for(lambda: all(complete(mm, r["id"]) for r in roots), timeout=timeout,
+                          message="every call has a complete answer")
+    except AssertionError:
+        print("unanswered:", [r["id"] for r in roots if not complete(mm, r["id"])])
+        raise
 
 
 def figures(mm, roots: list[dict], label: str, started: float) -> dict[str, int]:
