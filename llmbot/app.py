@@ -115,7 +115,9 @@ class Bot:
             self.store = await replica_store(s, me.user_id)
             self.limits = self._limits()
             self.scheduler.leases = ThreadLeases(self.store, self.replica, s.redis_lease)
-            self.replicas = Replicas(self.store, self.replica, s.redis_lease, self._take_over)
+            budget = getattr(self.chat, "rate_budget", None)  # (one Mattermost budget for all replicas)
+            self.replicas = Replicas(self.store, self.replica, s.redis_lease, self._take_over,
+                                     counted=budget.set_share if budget is not None else lambda _n: None)
         added_before = list(self.handlers.values())  # plugins, in LLMBOT_PLUGINS order without the chat
         self.handlers.clear()
         if GPT_HANDLER in s.plugins:  # the chat takes its place in LLMBOT_PLUGINS (first: it answers DMs and @mentions)

@@ -12,10 +12,10 @@ streaming edits) wait in line, first come first served. A streaming edit takes a
 reserve of half the bucket, when no urgent call waits, and when its stream's turn came (EditPacer:
 the streams share the rate): under pressure each stream makes fewer, bigger edits.
 
-One process's bucket is TokenBucket. Replicas sharing Redis should share one budget: a Redis-backed
-bucket (a key per bot account holding GCRA's arrival time, moved by one Lua script) would replace
-TokenBucket behind its four operations (level, wait, take, adjust); RateBudget awaits only in
-spend(), where an asynchronous take would go. Not implemented yet.
+One process's bucket is TokenBucket. Replicas sharing Redis share one account's budget by splitting
+it: each spends 1/N (set_share; N from the replicas' heartbeats, replicas.py) and follows the
+server's count. (A Redis-backed bucket, one GCRA key moved by a Lua script, would share it exactly;
+RateBudget awaits only in spend(), where an asynchronous take would go.)
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import httpx
 
 from .rate_headers import DEFAULT_SECONDS_OF_BURST, LimitHeaders, RateEstimate
+from .token_bucket import Ticket, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +57,6 @@ def margin(burst: int) -> int:
     return max(0, min(burst - 1, max(1, burst // 20)))
 
 
-@dataclass
-class TokenBucket:
-    """`tokens` at `stamp`, refilled at `rate` a second up to `capacity`; below zero is a debt."""
-
-    rate: float
-    capacity: float
-    tokens: float
-    stamp: float
-
-    def level(self, now: float) -> float:
-        return min(self.capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
-
-    def wait(self, now: float, floor: float = 0.0) -> float:
-        """Seconds until a token can be taken leaving at least `floor` (0: now)."""
-        short = floor + 1.0 - self.level(now)
-        return short / self.rate if short > 1e-9 else 0.0  # (a clock's rounding is no wait)
-
-    def take(self, now: float, floor: float = 0.0) -> float:
-        """Take a token if that leaves at least `floor`: 0.0; else the seconds to wait (nothing taken)."""
-        wait = self.wait(now, floor)
-        if wait <= 0:
-            self.tokens, self.stamp = self.level(now) - 1.0, max(now, self.stamp)
-        return wait
-
-    def adjust(self, tokens: float, now: float) -> None:
-        """Add (or, negative, remove) tokens: what the server's count says that ours missed."""
-        level = self.level(now)
-        self.tokens = max(-self.capacity, min(self.capacity, level + tokens))
-        self.stamp = max(now, self.stamp)
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """The bucket as a request left: its level then, and the corrections made so far."""
-
-    level: float
-    corrections: float
-
-
 class RateBudget:
     """When MattermostChat's calls may go (see the module docstring). `clock` and `sleep` tick together."""
 
@@ -114,6 +75,7 @@ class RateBudget:
         self._estimate = RateEstimate()
         self._bucket: TokenBucket | None = None
         self._reserve = 0.0  # tokens a streaming edit leaves: half the bucket
+        self.share = 1.0  # of the budget this process may spend: 1/N with N replicas alive (set_share)
         if enabled and (rate is not None or burst is not None):
             burst = burst if burst is not None else max(1, math.ceil(rate or 1))
             self._start(rate or burst / DEFAULT_SECONDS_OF_BURST, burst, None)
@@ -139,10 +101,26 @@ class RateBudget:
         return self._bucket.capacity if self._bucket else None
 
     def _start(self, rate: float, burst: int, remaining: int | None) -> None:
-        capacity = max(1.0, burst - margin(burst))
-        tokens = capacity if remaining is None else min(capacity, remaining - 1 - margin(burst))
-        self._bucket = TokenBucket(rate, capacity, tokens, self._clock())
+        capacity = max(1.0, (burst - margin(burst)) * self.share)
+        tokens = capacity if remaining is None else min(capacity, (remaining - 1 - margin(burst)) * self.share)
+        self._bucket = TokenBucket(rate * self.share, capacity, tokens, self._clock())
         self._reserve = capacity // 2
+
+    def set_share(self, replicas: int) -> None:
+        """Replicas sharing Redis share one account's budget: each spends 1/N of it (N counted from
+        their heartbeats in Redis, replicas.py), and all follow the server's count of what is left."""
+        share = 1.0 / max(1, replicas)
+        if share == self.share:
+            return
+        log.info("Mattermost rate budget: %d replica(s) alive, this one spends 1/%d of it", replicas, max(1, replicas))
+        old, self.share = self.share, share
+        if self._bucket is not None:
+            bucket, now = self._bucket, self._clock()
+            bucket.adjust(0.0, now)
+            bucket.rate *= share / old
+            bucket.capacity = max(1.0, bucket.capacity * share / old)
+            bucket.tokens = min(bucket.tokens, bucket.capacity)
+            self._reserve = bucket.capacity // 2
 
     # ------------------------------------------------------------------ spending
     async def spend(self) -> None:
@@ -224,14 +202,14 @@ class RateBudget:
                 log.info("Mattermost rate limit, from its headers: burst %d; the bot keeps within it", burst)
             return
         bucket, now = self._bucket, self._clock()
-        bucket.rate = rate
+        bucket.rate = rate * self.share
         if self._burst is None:
-            capacity = max(1.0, burst - margin(burst))
+            capacity = max(1.0, (burst - margin(burst)) * self.share)
             if capacity != bucket.capacity:
                 bucket.adjust(0.0, now)  # settle the level under the old capacity
                 bucket.capacity, self._reserve = capacity, capacity // 2
-        if ticket is not None:
-            self._follow(limits.remaining - 1 - margin(burst), ticket, now)
+        if ticket is not None:  # (this replica's share of what is left)
+            self._follow((limits.remaining - 1 - margin(burst)) * self.share, ticket, now)
 
     def _follow(self, expected: float, ticket: Ticket, now: float) -> None:
         """Bring our level to the server's: `expected` is what ours should have shown as the request

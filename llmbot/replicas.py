@@ -35,11 +35,13 @@ class Replicas:
         lease: float,
         take_over: Callable[[Posted], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        counted: Callable[[int], None] = lambda _replicas: None,
     ) -> None:
         self.store = store
         self.replica = replica
         self.lease = lease
         self._take_over = take_over
+        self._counted = counted  # how many replicas are alive (they share the Mattermost rate budget)
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
         self._down = False  # the store did not answer the last beat (said once in the log)
@@ -67,6 +69,7 @@ class Replicas:
         """Say this replica is alive; adopt the unfinished turns of replicas that are not. How many."""
         try:
             await self.store.heartbeat(self.replica, self.lease)
+            self._counted(await self.store.replicas_alive())
             frames = await self.store.adopt(self.replica)
         except StoreUnavailable as exc:
             if not self._down:

@@ -83,6 +83,9 @@ class Store(Protocol):
     async def heartbeat(self, replica: str, seconds: float) -> None:
         """This replica is alive for `seconds` more (renewed well before they pass)."""
 
+    async def replicas_alive(self) -> int:
+        """How many replicas beat now (they share the Mattermost rate budget); 1 for one instance."""
+
     async def track(self, replica: str, post_id: str, frame: str) -> None:
         """A turn this replica took on and has not finished: the post's `posted` frame, for another
         replica to finish it if this one dies."""

@@ -260,6 +260,9 @@ class MemoryStore:
     async def heartbeat(self, replica: str, seconds: float) -> None:
         return None
 
+    async def replicas_alive(self) -> int:
+        return 1
+
     async def track(self, replica: str, post_id: str, frame: str) -> None:
         return None
 

@@ -254,6 +254,11 @@ class RedisStore:
         await (self._redis.set(key, 1, px=_ms(seconds)) if seconds > 0 else self._redis.delete(key))
 
     @_guarded
+    async def replicas_alive(self) -> int:
+        """The heartbeat keys alive now (a few: one per replica), found with SCAN."""
+        return sum([1 async for _ in self._redis.scan_iter(match=self._key("h", "*"), count=100)]) or 1
+
+    @_guarded
     async def track(self, replica: str, post_id: str, frame: str) -> None:
         turns, keep = self._key("u", replica), _ms(CLAIM_TTL)
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -313,3 +313,23 @@ async def test_the_budget_keeps_a_gcra_server_from_ever_refusing():
     assert refused == 0
     ideal = (120 * 30 - 101) / 10  # the burst at once, then 10/s
     assert clock.now - 1000.0 < ideal * 1.05  # and it used what the server gives
+
+
+class TestReplicasShareTheBudget:
+    """Replicas of one account share its Mattermost budget: each spends 1/N (N from their heartbeats)."""
+
+    def test_a_configured_budget_is_split_between_the_replicas_alive(self) -> None:
+        budget = RateBudget(10, 100, clock=lambda: 0.0)
+        whole_rate, whole_burst = budget.rate, budget.burst
+        assert whole_rate is not None and whole_burst is not None
+        budget.set_share(2)
+        assert budget.rate == pytest.approx(whole_rate / 2) and budget.burst == pytest.approx(whole_burst / 2)
+        budget.set_share(1)  # the other replica stopped
+        assert budget.rate == pytest.approx(whole_rate) and budget.burst == pytest.approx(whole_burst)
+
+    def test_a_learned_budget_is_split_too(self) -> None:
+        budget = RateBudget(clock=lambda: 0.0)
+        budget.set_share(4)
+        headers = {"x-ratelimit-limit": "101", "x-ratelimit-remaining": "100", "x-ratelimit-reset": "1"}  # (httpx: lower case)
+        budget.observe(200, headers, None)
+        assert budget.burst is not None and budget.burst <= 101 / 4

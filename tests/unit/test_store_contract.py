@@ -605,7 +605,7 @@ class TestRedisOnly:
             "get": (ROOT,), "active": (ROOT,), "look": (ROOT,), "bind": (ROOT, "chat", ALICE, "c"), "touch": (ROOT,),
             "unbind": (ROOT,), "sweep": (), "take_quiet": (ROOT,), "opened_by": (ALICE,), "claim": ("p",),
             "count_start": (ALICE, 1.0, 60, 1), "acquire": (ROOT, "r", 5), "renew": (ROOT, "r", 5), "release": (ROOT, "r"),
-            "first_notice": ("k", 60), "heartbeat": ("r", 5), "track": ("r", "p", "{}"), "untrack": ("r", "p"), "adopt": ("r",),
+            "first_notice": ("k", 60), "heartbeat": ("r", 5), "track": ("r", "p", "{}"), "untrack": ("r", "p"), "adopt": ("r",), "replicas_alive": (),
             "ping": (),
         }
         protocol = {name for name, value in vars(Store).items() if inspect.iscoroutinefunction(value)}
@@ -692,3 +692,14 @@ class TestTheGaugeCount:
         clock.advance(61)
         await store.sweep()
         assert len(store) == 2
+
+
+class TestReplicasAlive:
+    async def test_replicas_alive_counts_the_heartbeats(self, stores: Stores) -> None:
+        store = stores.new()
+        assert await store.replicas_alive() == 1  # nobody beats yet: this one counts as one
+        await store.heartbeat("r1", 30)
+        await store.heartbeat("r2", 30)
+        assert await store.replicas_alive() == (2 if stores.kind == "redis" else 1)
+        await store.heartbeat("r2", 0.0)
+        assert await store.replicas_alive() == 1
