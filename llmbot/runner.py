@@ -150,10 +150,17 @@ class TurnRunner:
             job.decision, job.event, writer, job.conversation, job.replayed, self.chat, self.answerable, self.bot_name,
             {} if shared is None else shared, self.ttl if timeout is None else timeout, job.takeover,
         )
+        started = self.clock()
         try:
             return await self._handle(job, turn, handler)
-        finally:  # llmbot_turns_total: what the turn left in the thread (nothing: not counted)
-            metrics.turn_done(job.handler, metrics.outcome_of(turn.reply))
+        finally:  # llmbot_turns_total, and one line with what the turn left in the thread (if anything)
+            outcome = metrics.outcome_of(turn.reply)
+            metrics.turn_done(job.handler, outcome)
+            if outcome is not None and outcome != metrics.ANSWERED:  # (an answer has its "answered in" line)
+                took = self.clock() - started
+                log.info("thread %s: post %s, %s: %s (%.2fs)", thread_id, job.event.post.id, job.handler, outcome, took,
+                         extra={"thread_id": thread_id, "post_id": job.event.post.id, "plugin": job.handler,
+                                "outcome": outcome, "duration": round(took, 3)})
 
     async def _handle(self, job: Job, turn: Turn, handler: Handler) -> bool | None:
         thread_id = turn.thread_id

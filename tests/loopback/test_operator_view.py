@@ -273,3 +273,17 @@ class TestJsonLogs:
         assert isinstance(answered["duration"], float) and answered["completion_tokens"] == 2
         assert mm.bot_token not in out
         assert lines[-1]["message"] == "the token *** slipped" and lines[-1]["header"] == "Bearer ***"
+
+
+class TestTurnOutcomeLines:
+    async def test_a_turn_that_ends_without_an_answer_has_a_line_with_its_outcome(self, ops_bot, mm, llm_server, world,
+                                                                                   caplog) -> None:
+        run = await ops_bot()
+        root = await mm.post_as(world.alice, world.town, "gpt hi")
+        await run.wait_replies(root["id"], 1)
+        with caplog.at_level(logging.INFO, logger="llmbot"):
+            bye = await mm.post_as(world.alice, world.town, "bye", root_id=root["id"])
+            await run.wait_replies(root["id"], 2)
+        (line,) = [r for r in caplog.records if getattr(r, "outcome", None) == "ended"]
+        assert (line.thread_id, line.post_id, line.plugin) == (root["id"], bye["id"], "gpt")  # type: ignore[attr-defined]
+        assert isinstance(line.duration, float)  # type: ignore[attr-defined]
