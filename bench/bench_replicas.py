@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -46,6 +45,7 @@ from _harness import ROOT, FakeMattermost, FakeOpenAI, Row, report, run
 
 import llmbot
 from llmbot.record import STATUS_LINE
+from tests.conftest import RedisServer
 from tests.loopback.replicas import Replicas
 
 PEOPLE = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
@@ -61,45 +61,6 @@ def cpu_seconds(pid: int) -> float:
 
 def load_average() -> str:
     return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-class RedisServer:
-    """redis-server on a free loopback port, no persistence."""
-
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start (is it installed? .ci/run installs it)") from None
-                await asyncio.sleep(0.05)
-
-    async def flush(self) -> None:
-        client = aioredis.from_url(self.url)
-        try:
-            await client.flushall()
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
 
 
 @dataclass
@@ -136,8 +97,16 @@ def tally(mm: FakeMattermost, roots: list[str]) -> tuple[Counter[str], Counter[s
     return complete, marked
 
 
+async def flush(url: str) -> None:
+    client = aioredis.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
 async def one_count(count: int, redis: RedisServer, args: argparse.Namespace, workdir: Path) -> Result:
-    await redis.flush()
+    await flush(redis.url)
     mm, llm = FakeMattermost(), FakeOpenAI()
     llm.default_first_delay = args.llm_seconds  # every answer, not only scripted ones, takes this long
     llm.responder = lambda body: ["Here is ", "a short ", "answer."]
@@ -156,11 +125,11 @@ async def one_count(count: int, redis: RedisServer, args: argparse.Namespace, wo
         await group.start(count)
         await asyncio.sleep(1.0)  # start-up is over: the first beats are out, the catch-up's requests are done
         pids = [r.proc.pid for r in group.running]
-        assert redis.proc is not None
+        assert redis.process is not None
         mm.reset_requests()
         load_before = load_average()
         cpu0 = [cpu_seconds(pid) for pid in pids]
-        redis0, fakes0 = cpu_seconds(redis.proc.pid), time.process_time()
+        redis0, fakes0 = cpu_seconds(redis.process.pid), time.process_time()
         t0 = time.monotonic()
         roots = [(await mm.post_as(people[i % len(people)], channel, f"gpt question {i}: what is {i} squared?"))["id"]
                  for i in range(args.conversations)]
@@ -174,7 +143,7 @@ async def one_count(count: int, redis: RedisServer, args: argparse.Namespace, wo
         wall = time.monotonic() - t0
         await asyncio.sleep(args.settle)  # a duplicate or a take-over would land now
         cpu1 = [cpu_seconds(pid) for pid in pids]
-        redis_cpu, fakes_cpu = cpu_seconds(redis.proc.pid) - redis0, time.process_time() - fakes0
+        redis_cpu, fakes_cpu = cpu_seconds(redis.process.pid) - redis0, time.process_time() - fakes0
         load_after = load_average()
         complete, marked = tally(mm, roots)
         rest_calls = len(mm.requests)
@@ -199,8 +168,7 @@ async def main(args: argparse.Namespace) -> None:
     # the replicas run this checkout's llmbot, as this script does
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     counts = [int(c) for c in args.replicas.split(",")]
-    redis = RedisServer()
-    await redis.start()
+    redis = RedisServer().start()  # (tests/conftest.py's: the tests' own redis-server)
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="llmbot-bench-replicas-") as tmp:
@@ -241,7 +209,7 @@ async def main(args: argparse.Namespace) -> None:
                     ],
                 )
     finally:
-        await redis.stop()
+        redis.stop()
     print("\n| replicas | wall | duplicates | lost | partial | LLM calls | REST calls | bot CPU | CPU per turn "
           "| redis CPU | fakes CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -5,7 +5,6 @@ Each test prints its figures (run with -s to see them)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -17,48 +16,10 @@ from tests.loopback.replicas import Replicas
 pytestmark = pytest.mark.timeout(240)
 
 
-class RedisServer:
-    """A redis-server of this test's own, on a free loopback port, no persistence: stopped and
-    started again on the same port by the outage test."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("redis-server did not start (is it installed? .ci/run installs it)") from None
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-
-
 @pytest.fixture
-async def redis_server():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = RedisServer(port)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def redis_server(redis_servers):
+    """A redis-server of this test's own (tests/conftest.py): the outage test stops and starts it."""
+    return redis_servers()
 
 
 @pytest.fixture
@@ -173,14 +134,14 @@ class TestRedisOutage:
         await replicas.start(2)
         before = await call_many(mm, world, 10, "before")
         await all_answered(mm, before, 30)
-        await redis_server.stop()
+        redis_server.stop()
         down_at = time.monotonic()
         during = await call_many(mm, world, 10, "during")
         for replica in replicas.running:  # each has met the outage (the marker), and taken no turn since
             await mm.wait_for(lambda r=replica: "Redis does not answer" in r.text(), timeout=10, message=f"{replica.name} saw it")
         await asyncio.sleep(max(0.0, 5 - (time.monotonic() - down_at)))  # Redis stays down for five seconds
         assert all(answers(mm, r["id"]) == [] for r in during)  # no turn is taken without Redis
-        await redis_server.start()
+        redis_server.start(redis_server.port)  # (on the same port, as a restarted server)
         await all_answered(mm, during, 60)
         result = figures(mm, before + during, "Redis down 5 s, 10 calls meanwhile", started)
         assert result["duplicates"] == 0 and result["lost"] == 0
