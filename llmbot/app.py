@@ -150,7 +150,7 @@ class Bot:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever())
         if self.policy.needs_team_names:
-            await self.dispatcher.learn_team_names()
+            await self.dispatcher.team_names.learn()
         self.metrics.expect(self.handlers)
         log.info(
             "llmbot %s started as @%s (%s): model %s at %s, trigger %s, TTL %gs, plugins %s; tokens counted with %s",

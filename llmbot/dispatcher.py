@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from . import router as routing
 from . import tasks
-from .errors import ChatError, StoreUnavailable
+from .errors import StoreUnavailable
 from .events import Hello, Posted, parse_frame
 from .handlers.base import Handler
 from .hooks import ENDED, Notify, close_conversations, open_conversation, quiet
 from .limits import Limits
 from .plugin_access import PluginAccess
-from .policy import AccessPolicy
+from .policy import AccessPolicy, TeamNames
 from .replicas import Replicas, StoreOutage
 from .router import Continue, Cue, Decision, End, HandlerSpec, Identity, Ignore, Passive, Start, Usage
 from .runner import Job
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000  # frames waiting for the consumer; past that the socket reader waits
 MAX_HELD = 10_000  # live posts held during a catch-up; past that they are read again over REST
-TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failure
 CUE_ONCE_PER = 24 * 3600.0  # seconds: a thread refused by the access lists gets one cue a day
 
 
@@ -69,9 +68,8 @@ class Dispatcher:
         self.limits = limits
         self.end_words = end_words
         self._remember_name = remember_name
-        self._teams = teams
+        self.team_names = TeamNames(policy, teams, clock)  # for access lists written with team names
         self._on_hello = on_hello
-        self._clock = clock
         self.notify = notify  # tells plugins their conversation is over (hooks.py)
         self.replicas: Replicas | None = None  # with Redis: this replica among the others
         self.outage = StoreOutage(store, on_hello)  # Redis does not answer: no turns, a catch-up after
@@ -87,7 +85,6 @@ class Dispatcher:
         self._holding = False
         self._held: list[Posted] = []
         self.overflow_ms: int | None = None  # oldest post dropped while holding: read again over REST
-        self._teams_asked: dict[str, float] = {}  # team id -> when its name was last looked up
 
     @property
     def specs(self) -> tuple[HandlerSpec, ...]:
@@ -215,7 +212,7 @@ class Dispatcher:
         if not takeover and not await (self.replicas.claim(event) if self.replicas else self.store.claim(post.id)):
             return False
         if self.policy.wants_team_name(event.team_id):  # a team joined since start-up
-            await self.learn_team_names(event.team_id)
+            await self.team_names.learn(event.team_id)
         refusal = None if self.policy.is_open else self.policy.refuses(event)
         thread_id = event.place  # the thread, or the DM of a DM root post: its bindings and queue
         cue: Cue | None = None  # left unanswered on purpose: the reaction that says so
@@ -295,20 +292,3 @@ class Dispatcher:
         if isinstance(decision, Ignore):
             return None
         return await self.limits.admit(event, decision) if isinstance(decision, Start) else decision
-
-    async def learn_team_names(self, team_id: str = "") -> None:
-        """Team names for access lists written with names. A team still unknown after a look-up
-        (or a failed look-up) is asked about again only after TEAM_RETRY, not on every post."""
-        now = self._clock()
-        if team_id and now - self._teams_asked.get(team_id, float("-inf")) < TEAM_RETRY:
-            return
-        if team_id:
-            self._teams_asked[team_id] = now
-        try:
-            teams = await self._teams()
-        except ChatError as exc:
-            log.error("cannot read the bot's teams, so team names in the access lists match nothing yet: %s", exc)
-            return
-        for known_id, name in teams.items():
-            self.policy.learn_team(known_id, name)
-

@@ -17,8 +17,15 @@ Events carry only team ids: while a team's name is not learned, a post there is 
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from .errors import ChatError
 from .events import Posted
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Reasons `refuses` returns; constants, so callers and tests can compare them.
 DMS_OFF = "direct messages are off"
@@ -153,3 +160,33 @@ class AccessPolicy:
 def _fold_all(names: frozenset[str]) -> frozenset[str]:
     # Settings already casefolds and strips; doing it again keeps hand-built policies honest.
     return frozenset(n.lstrip("@~").casefold() for n in names if n.lstrip("@~"))
+
+
+TEAM_RETRY = 60.0  # seconds between attempts to learn team names after a failure
+
+
+class TeamNames:
+    """Team names for access lists written with names, learned from the bot's teams. A team still
+    unknown after a look-up (or a failed look-up) is asked about again only after TEAM_RETRY, not
+    on every post."""
+
+    def __init__(self, policy: AccessPolicy, teams: Callable[[], Awaitable[dict[str, str]]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self._teams = teams
+        self._clock = clock
+        self._asked: dict[str, float] = {}  # team id -> when its name was last looked up
+
+    async def learn(self, team_id: str = "") -> None:
+        now = self._clock()
+        if team_id and now - self._asked.get(team_id, float("-inf")) < TEAM_RETRY:
+            return
+        if team_id:
+            self._asked[team_id] = now
+        try:
+            teams = await self._teams()
+        except ChatError as exc:
+            log.error("cannot read the bot's teams, so team names in the access lists match nothing yet: %s", exc)
+            return
+        for known_id, name in teams.items():
+            self.policy.learn_team(known_id, name)

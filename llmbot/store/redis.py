@@ -36,19 +36,17 @@ Key layout, all under `llmbot:<bot user id>:` (several bots may share one Redis)
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import StoreUnavailable
+from . import redis_codec as codec
 from . import redis_scripts as lua
 from .base import Binding
 from .memory import CLAIM_TTL, QUIET_TTL
@@ -56,29 +54,6 @@ from .memory import CLAIM_TTL, QUIET_TTL
 SOCKET_TIMEOUT = 2.0  # seconds: a Redis slower than that counts as unavailable
 STARTS_TTL = 3600.0  # as MemoryStore's start counters: a user's starts are kept an hour at least
 SWEEP_BATCH = 1000
-
-# unreachable, too slow, loading, or refusing writes (a read-only replica after a failover, out of memory)
-_UNAVAILABLE = (
-    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError,
-    TimeoutError, ConnectionError,
-)
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _guarded(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis's connection errors and timeouts, as the one exception the dispatcher handles."""
-
-    @functools.wraps(method)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable(f"Redis is unavailable: {e}") from e
-
-    return call
-
 
 class RedisStore:
     """Bindings, claims, counters and leases of one bot account in a shared Redis."""
@@ -113,12 +88,12 @@ class RedisStore:
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
 
-    @_guarded
+    @codec.guarded
     async def ping(self) -> None:
         """Raises StoreUnavailable unless Redis answers (health checks)."""
         await self._redis.ping()
 
-    @_guarded
+    @codec.guarded
     async def live_count(self) -> int:
         """How many conversations are live across all threads and replicas (for a gauge)."""
         self._counted = int(await self._redis.zcount(self._deadlines, f"({self._timer()!r}", "+inf"))
@@ -136,25 +111,25 @@ class RedisStore:
 
     # ------------------------------------------------------------------------------ bindings
     def _live(self, raw: Any, now: float) -> list[Binding]:
-        return [b for b in _decode(raw) if self._expiry(b) > now]
+        return [b for b in codec.decode(raw) if self._expiry(b) > now]
 
     def _expiry(self, binding: Binding) -> float:
         return binding.last_activity + (self._ttl if binding.ttl is None else binding.ttl)
 
-    @_guarded
+    @codec.guarded
     async def get(self, thread_id: str) -> Binding | None:
         live = await self.active(thread_id)
         return live[0] if live else None
 
-    @_guarded
+    @codec.guarded
     async def active(self, thread_id: str) -> list[Binding]:
         return self._live(await self._redis.get(self._key("t", thread_id)), self._timer())
 
-    @_guarded
+    @codec.guarded
     async def look(self, thread_id: str) -> tuple[list[Binding], str | None]:
         raw, mark = await self._redis.mget(self._key("t", thread_id), self._key("q", thread_id))  # one round trip
         now = self._timer()
-        stack = _decode(raw)
+        stack = codec.decode(raw)
         live = [b for b in stack if self._expiry(b) > now]
         if live:
             return live, None
@@ -162,10 +137,10 @@ class RedisStore:
             return [], "expired" if max(map(self._expiry, stack)) + QUIET_TTL > now else None
         if mark is None:
             return [], None
-        reason, _, until = _text(mark).partition("|")
+        reason, _, until = codec.text(mark).partition("|")
         return [], reason if float(until) > now else None
 
-    @_guarded
+    @codec.guarded
     async def bind(
         self, thread_id: str, handler: str, started_by: str, conversation: str, idle: float = 0.0, ttl: float | None = None,
         awaiting: str = "",
@@ -174,11 +149,11 @@ class RedisStore:
         binding = Binding(handler, started_by, conversation, now - idle, ttl, awaiting)
         await self._bind(
             keys=[self._key("t", thread_id), self._deadlines, self._key("o", started_by), self._key("q", thread_id)],
-            args=[repr(now), repr(float(self._ttl)), thread_id, json.dumps(_encode(binding)), self._prefix + "t:"],
+            args=[repr(now), repr(float(self._ttl)), thread_id, json.dumps(codec.encode(binding)), self._prefix + "t:"],
         )
         return binding
 
-    @_guarded
+    @codec.guarded
     async def touch(self, thread_id: str, handler: str | None = None) -> Binding | None:
         now = self._timer()
         raw = await self._touch(
@@ -186,9 +161,9 @@ class RedisStore:
             args=[repr(now), repr(float(self._ttl)), thread_id, "1" if handler is None else "0", handler or "",
                   self._prefix + "o:"],
         )
-        return _binding(json.loads(raw)) if raw else None
+        return codec.binding(json.loads(raw)) if raw else None
 
-    @_guarded
+    @codec.guarded
     async def unbind(self, thread_id: str, handler: str | None = None) -> bool:
         now = self._timer()
         ended = await self._unbind(
@@ -198,23 +173,23 @@ class RedisStore:
         )
         return bool(ended)
 
-    @_guarded
+    @codec.guarded
     async def take_quiet(self, thread_id: str) -> str | None:
         reason = await self._take_quiet(
             keys=[self._key("t", thread_id), self._key("q", thread_id)], args=[repr(self._timer()), repr(float(self._ttl))],
         )
-        return _text(reason) if reason else None
+        return codec.text(reason) if reason else None
 
-    @_guarded
+    @codec.guarded
     async def opened_by(self, user_id: str) -> list[tuple[str, float]]:
         flat = await self._opened_by(
             keys=[self._key("o", user_id)], args=[repr(self._timer()), repr(float(self._ttl)), user_id, self._prefix + "t:"],
         )
-        live = [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        live = [(codec.text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
         live.sort(key=lambda item: item[1])  # stable: equal times keep the order of activity
         return live
 
-    @_guarded
+    @codec.guarded
     async def sweep(self) -> list[tuple[str, Binding, str]]:
         """The conversations expired since any replica's last sweep, each reported by one replica.
         Never "displaced": Redis has no maxsize."""
@@ -224,43 +199,43 @@ class RedisStore:
             due = await self._sweep(keys=[self._deadlines], args=[now, SWEEP_BATCH])
             for member in due:
                 thread_id, *fields = json.loads(member)
-                reports.append((thread_id, _binding(fields), "expired"))
+                reports.append((thread_id, codec.binding(fields), "expired"))
             if len(due) < SWEEP_BATCH:
                 await self.live_count()  # (for the gauge: one count per sweep)
                 return reports
 
     # ------------------------------------------------------------------ claims, counters, notices
-    @_guarded
+    @codec.guarded
     async def claim(self, post_id: str) -> bool:
         return bool(await self._redis.set(self._key("c", post_id), 1, nx=True, ex=int(CLAIM_TTL)))
 
-    @_guarded
+    @codec.guarded
     async def count_start(self, user_id: str, at: float, window: float, limit: int) -> bool:
-        keep = _ms(max(window, STARTS_TTL))
+        keep = codec.ms(max(window, STARTS_TTL))
         recorded = await self._count_start(
             keys=[self._key("s", user_id)],
             args=[repr(float(at)), repr(float(window)), limit, f"({float(at) - window!r}", os.urandom(8).hex(), keep],
         )
         return bool(recorded)
 
-    @_guarded
+    @codec.guarded
     async def first_notice(self, key: str, window: float) -> bool:
-        return bool(await self._redis.set(self._key("n", f"{float(window)!r}:{key}"), 1, nx=True, px=_ms(window)))
+        return bool(await self._redis.set(self._key("n", f"{float(window)!r}:{key}"), 1, nx=True, px=codec.ms(window)))
 
     # ----------------------------------------------------------------------- replicas' turns
-    @_guarded
+    @codec.guarded
     async def heartbeat(self, replica: str, seconds: float) -> None:
         key = self._key("h", replica)
-        await (self._redis.set(key, 1, px=_ms(seconds)) if seconds > 0 else self._redis.delete(key))
+        await (self._redis.set(key, 1, px=codec.ms(seconds)) if seconds > 0 else self._redis.delete(key))
 
-    @_guarded
+    @codec.guarded
     async def replicas_alive(self) -> int:
         """The heartbeat keys alive now (a few: one per replica), found with SCAN."""
         return sum([1 async for _ in self._redis.scan_iter(match=self._key("h", "*"), count=100)]) or 1
 
-    @_guarded
+    @codec.guarded
     async def track(self, replica: str, post_id: str, frame: str) -> None:
-        turns, keep = self._key("u", replica), _ms(CLAIM_TTL)
+        turns, keep = self._key("u", replica), codec.ms(CLAIM_TTL)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(turns, post_id, frame)
             pipe.pexpire(turns, keep)
@@ -268,46 +243,26 @@ class RedisStore:
             pipe.pexpire(self._replicas, keep)
             await pipe.execute()
 
-    @_guarded
+    @codec.guarded
     async def untrack(self, replica: str, post_id: str) -> None:
         await self._redis.hdel(self._key("u", replica), post_id)
 
-    @_guarded
+    @codec.guarded
     async def adopt(self, replica: str) -> list[str]:
-        frames = await self._adopt(keys=[self._replicas, self._key("u", replica)], args=[replica, self._prefix, _ms(CLAIM_TTL)])
-        return [_text(frame) for frame in frames]
+        keys, keep = [self._replicas, self._key("u", replica)], codec.ms(CLAIM_TTL)
+        frames = await self._adopt(keys=keys, args=[replica, self._prefix, keep])
+        return [codec.text(frame) for frame in frames]
 
     # -------------------------------------------------------------------------------- the lease
-    @_guarded
+    @codec.guarded
     async def acquire(self, thread_id: str, holder: str, seconds: float) -> bool:
-        return bool(await self._acquire(keys=[self._key("l", thread_id)], args=[holder, _ms(seconds)]))
+        return bool(await self._acquire(keys=[self._key("l", thread_id)], args=[holder, codec.ms(seconds)]))
 
-    @_guarded
+    @codec.guarded
     async def renew(self, thread_id: str, holder: str, seconds: float) -> bool:
-        return bool(await self._renew(keys=[self._key("l", thread_id)], args=[holder, _ms(seconds)]))
+        return bool(await self._renew(keys=[self._key("l", thread_id)], args=[holder, codec.ms(seconds)]))
 
-    @_guarded
+    @codec.guarded
     async def release(self, thread_id: str, holder: str) -> None:
         await self._release(keys=[self._key("l", thread_id)], args=[holder])
 
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000 + 0.999))
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _encode(b: Binding) -> list[str]:
-    return [b.handler, b.started_by, b.conversation, repr(float(b.last_activity)), "" if b.ttl is None else repr(float(b.ttl)),
-            b.awaiting]
-
-
-def _binding(fields: list[str]) -> Binding:
-    handler, started_by, conversation, last_activity, ttl, awaiting = fields
-    return Binding(handler, started_by, conversation, float(last_activity), float(ttl) if ttl else None, awaiting)
-
-
-def _decode(raw: str | bytes | None) -> list[Binding]:
-    return [_binding(fields) for fields in json.loads(raw)] if raw else []
