@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from . import tasks
 from .errors import StoreUnavailable
 from .store.base import Store
 
@@ -49,9 +50,7 @@ class ThreadLeases:
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await tasks.stop(renewer, f"thread {thread_id}: the lease's renewal")
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(thread_id, self.holder)
 
