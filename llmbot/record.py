@@ -200,20 +200,6 @@ def active_conversations(
     return found
 
 
-def conversation_state(
-    thread: Thread, me_id: str, now_ms: int, ttl_seconds: float, ttl_for: Callable[[str], float | None] = lambda _h: None
-) -> Recovered | None:
-    """The most recently active conversation live in `thread`, if any (active_conversations with
-    every handler's timeout its own, `ttl_for(handler)`, or else `ttl_seconds`)."""
-
-    def timeout_for(handler: str) -> float:
-        own = ttl_for(handler)
-        return ttl_seconds if own is None else own
-
-    found = active_conversations(thread, me_id, timeout_for, now_ms)
-    return found[0] if found else None
-
-
 def _is_mine(post: Post, me_id: str) -> bool:
     return post.user_id == me_id and isinstance(post.props.get(PROP_HANDLER), str)
 

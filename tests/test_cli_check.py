@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 
 import pytest
 
-from tests.test_cli import env_for, run_cli, write_env
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """`llmbot check` configures the root logger; give the next test its own back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+from tests.test_cli import env_for, restore_logging, run_cli, write_env  # noqa: F401 (autouse: `check` sets up logging)
 
 
 @pytest.fixture

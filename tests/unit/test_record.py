@@ -21,8 +21,9 @@ from llmbot.record import (
     PROP_KIND,
     PROP_STATE,
     PROP_TURN,
+    Recovered,
+    active_conversations,
     checked_state,
-    conversation_state,
     state_of,
     threads_of,
     turns_in_conversation,
@@ -36,6 +37,12 @@ ME, ALICE, BOB, OTHER_BOT = "me", "alice", "bob", "otherbot"
 ROOT = "root"
 TTL = 3600.0
 NOW = 10_000_000  # ms
+
+def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl: float) -> Recovered | None:
+    """The most recently active live conversation (every handler's timeout `ttl`), or None."""
+    found = active_conversations(thread, me_id, lambda _handler: ttl, now_ms)
+    return found[0] if found else None
+
 
 
 def human(post_id: str, at: int, user: str = ALICE, root: str = ROOT) -> Post:
@@ -250,5 +257,5 @@ class TestOwnTimeouts:
     def test_a_handler_s_own_timeout_decides_whether_its_conversation_is_still_live(self) -> None:
         t = thread(human(ROOT, NOW - 200_000), mine("a1", NOW - 100_000, ROOT))  # 100 s quiet
         assert conversation_state(t, ME, NOW, TTL) is not None
-        assert conversation_state(t, ME, NOW, TTL, lambda handler: 60.0 if handler == "gpt" else None) is None
-        assert conversation_state(t, ME, NOW, 60.0, lambda handler: 300.0) is not None
+        assert active_conversations(t, ME, lambda handler: 60.0 if handler == "gpt" else TTL, NOW) == []
+        assert active_conversations(t, ME, lambda handler: 300.0, NOW) != []

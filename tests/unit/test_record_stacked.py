@@ -18,8 +18,8 @@ from llmbot.record import (
     PROP_HANDLER,
     PROP_KIND,
     PROP_TURN,
+    Recovered,
     active_conversations,
-    conversation_state,
 )
 from llmbot.thread import Post, Thread
 
@@ -27,6 +27,12 @@ ME, ALICE, BOB = "me", "alice", "bob"
 ROOT = "root"
 NOW = 100_000_000  # ms
 TIMEOUTS: dict[str, float | None] = {"gpt": 3600.0, "food": 300.0, "summarize": None}  # summarize holds none
+
+def conversation_state(thread: Thread, me_id: str, now_ms: int, ttl: float) -> Recovered | None:
+    """The most recently active live conversation (every handler's timeout `ttl`), or None."""
+    found = active_conversations(thread, me_id, lambda _handler: ttl, now_ms)
+    return found[0] if found else None
+
 
 
 def human(post_id: str, ago: float, user: str = ALICE) -> Post:
